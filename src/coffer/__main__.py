@@ -1,0 +1,3 @@
+from coffer.cli.main import main
+
+main()

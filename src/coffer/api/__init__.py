@@ -1,0 +1,1 @@
+"""HTTP edge: Azure's wire format over Starlette requests and responses."""

@@ -1,0 +1,134 @@
+"""The ASGI application: host → vault or server, route, then the pipeline. Errors become Azure's envelope."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from coffer.api.request import ApiRequest
+from coffer.api.routes import admin, secrets, system, tokens
+from coffer.api.routing import Route, resolve
+from coffer.audit import AuditError
+from coffer.core import RequestInfo, Result
+from coffer.errors import CofferError, NotFound, Sealed, Unauthorized
+from coffer.identity.tokens import Caller
+from coffer.storage import StorageError
+
+log = logging.getLogger("coffer.api")
+
+VAULT_ROUTES: list[Route] = secrets.ROUTES
+SERVER_PUBLIC_ROUTES: list[Route] = system.PUBLIC_ROUTES + tokens.ROUTES
+SERVER_ROUTES: list[Route] = system.ROUTES + admin.ROUTES
+
+_SECURITY_HEADERS = {
+    "cache-control": "no-cache", "pragma": "no-cache", "expires": "-1", "x-content-type-options": "nosniff",
+    "strict-transport-security": "max-age=31536000;includeSubDomains",
+    "x-ms-keyvault-service-version": "coffer",
+}
+
+
+class Api:
+    def __init__(self, coffer: Any) -> None:
+        self.coffer = coffer  # coffer.app.Coffer
+        self.pipeline = coffer.pipeline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def handle(self, request: Request) -> Response:
+        info = RequestInfo(
+            request_uri=str(request.url.path) + (f"?api-version={request.query_params['api-version']}"
+                                                 if "api-version" in request.query_params else ""),
+            caller_ip=request.client.host if request.client else "",
+            correlation_id=request.headers.get("x-ms-client-request-id"),
+            api_version=request.query_params.get("api-version"),
+            client_info=request.headers.get("user-agent"),
+        )
+        kind, vault = self.coffer.host_kind(request.headers.get("host", ""))
+        caller: Caller | None = None
+        route: Route | None = None
+        try:
+            if kind is None:
+                raise NotFound("No vault or service of this server answers at this host name.", code="NotFound")
+            method, path = request.method, request.url.path
+            params: dict[str, str] = {}
+            if kind == "server":
+                try:
+                    route, params = resolve(SERVER_PUBLIC_ROUTES, method, path)
+                except NotFound:
+                    route = None
+            if route is None:
+                caller = self.pipeline.authenticate(request.headers.get("authorization"))
+                route, params = resolve(VAULT_ROUTES if kind == "vault" else SERVER_ROUTES, method, path)
+            api_request = ApiRequest(http=request, params=params, pipeline=self.pipeline, info=info, vault=vault,
+                                     vault_url=self.coffer.vault_url(vault) if vault else self.coffer.authority,
+                                     caller=caller, max_body=self.coffer.config.max_body_bytes, app=self.coffer)
+            result: Result = await route.handler(api_request)
+            return self._render(result.status, result.body, request, result.headers)
+        except CofferError as error:
+            return await self._fail(error, request, info, route, vault, caller)
+        except (AuditError, StorageError) as error:
+            log.error("request failed closed: %s", error)
+            return self._render(500, CofferError("The request could not be completed durably; nothing was "
+                                                 "changed. Try again.").envelope(), request)
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.url.path)
+            return await self._fail(CofferError("An internal error occurred."), request, info, route, vault,
+                                    caller)
+
+    async def _fail(self, error: CofferError, request: Request, info: RequestInfo, route: Route | None,
+                    vault: str | None, caller: Caller | None) -> Response:
+        headers: dict[str, str] = {}
+        if isinstance(error, Unauthorized):
+            headers["www-authenticate"] = self._challenge(vault, claims=error.claims_challenge)
+        try:
+            name = route.name if route and route.name else ("Authentication" if error.status == 401 else "Unknown")
+            self.pipeline.audit_failure(name, vault, caller, info, error)
+        except AuditError as audit_error:
+            log.error("audit failed: %s", audit_error)
+            error = CofferError("The request could not be audited; it was refused.")
+        return self._render(error.status, error.envelope(), request, headers)
+
+    def _challenge(self, vault: str | None, *, claims: bool) -> str:
+        tenant = self.coffer.tenant_of(vault) if vault else ""
+        authority = self.coffer.authority
+        if claims:
+            payload = orjson.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(time.time()))}}})
+            encoded = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+            return (f'Bearer realm="", authorization_uri="{authority}/{tenant}/oauth2/authorize", '
+                    f'error="insufficient_claims", claims="{encoded}"')
+        return f'Bearer authorization="{authority}/{tenant}", resource="{self.coffer.resource}"'
+
+    @staticmethod
+    def _render(status: int, body: Any, request: Request, extra: dict[str, str] | None = None) -> Response:
+        headers = dict(_SECURITY_HEADERS)
+        client_request_id = request.headers.get("x-ms-client-request-id")
+        if client_request_id:
+            headers["x-ms-client-request-id"] = client_request_id[:128]
+        if extra:
+            headers.update(extra)
+        if status == 204 or body is None:
+            return Response(status_code=status, headers=headers)
+        return Response(orjson.dumps(body), status_code=status, headers=headers,
+                        media_type="application/json; charset=utf-8")
+
+
+__all__ = ["Api", "Sealed"]

@@ -1,0 +1,57 @@
+"""What a route handler gets: the parsed request, its vault, caller and the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from coffer.core import Pipeline, RequestInfo
+from coffer.errors import BadParameter, PayloadTooLarge
+from coffer.identity.tokens import Caller
+
+
+@dataclass
+class ApiRequest:
+    http: Request
+    params: dict[str, str]
+    pipeline: Pipeline
+    info: RequestInfo
+    vault: str | None
+    vault_url: str
+    caller: Caller | None
+    max_body: int
+    app: Any  # coffer.app.Coffer (kept untyped here to keep the edge below the composition root)
+
+    @property
+    def query(self) -> Any:
+        return self.http.query_params
+
+    async def body_bytes(self) -> bytes:
+        declared = self.http.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise PayloadTooLarge(f"The request body is larger than {self.max_body} bytes.")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.http.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(f"The request body is larger than {self.max_body} bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def json(self, *, required: bool = True) -> dict[str, Any]:
+        raw = await self.body_bytes()
+        if not raw.strip():
+            if required:
+                raise BadParameter("The request body is required and must be a JSON object.")
+            return {}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadParameter("The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise BadParameter("The request body must be a JSON object.")
+        return body

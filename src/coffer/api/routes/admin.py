@@ -1,0 +1,93 @@
+"""Coffer's admin API for vaults (the CLI's `coffer vault ...` talks to it). Bearer-authenticated;
+every call runs through the same pipeline as the data plane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coffer.api.request import ApiRequest
+from coffer.api.routing import Route
+from coffer.core import Context, Operation, Result
+from coffer.errors import NotFound
+from coffer.objects import vault
+from coffer.storage import VaultRow
+
+_ACTION = "Microsoft.KeyVault/vaults/"
+
+
+async def _run(req: ApiRequest, name: str, action: str, scope: str, write: bool, run: Any) -> Result:
+    op = Operation(name=name, action=_ACTION + action, scope=scope, vault=None, write=write, run=run)
+    assert req.caller is not None
+    return await req.pipeline.execute(op, req.caller, req.info)
+
+
+def _own(ctx: Context, name: str) -> VaultRow:
+    row = vault.get(ctx.tx, name)
+    if row.tenant_id != ctx.caller.tenant_id:  # other tenants' vaults are invisible
+        raise NotFound(f"Vault {name[:64]} was not found.", code="VaultNotFound")
+    return row
+
+
+def _body(req: ApiRequest, row: VaultRow) -> dict[str, Any]:
+    return vault.as_dict(row, req.app.vault_url(row.name))
+
+
+async def list_vaults(req: ApiRequest) -> Result:
+    def run(ctx: Context) -> Result:
+        rows = [v for v in ctx.tx.vault_list() if v.tenant_id == ctx.caller.tenant_id]
+        return Result(body={"value": [_body(req, v) for v in rows]})
+
+    return await _run(req, "VaultList", "read", "/vaults", False, run)
+
+
+async def get_vault(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return Result(body=_body(req, _own(ctx, name)))
+
+    return await _run(req, "VaultGet", "read", f"/vaults/{name}", False, run)
+
+
+async def create_vault(req: ApiRequest) -> Result:
+    name = req.params["name"]
+    body = await req.json(required=False)
+
+    def run(ctx: Context) -> Result:
+        row = vault.create(ctx.tx, ctx.barrier, name, ctx.caller.tenant_id, body)
+        return Result(status=201, body=_body(req, row))
+
+    result = await _run(req, "VaultPut", "write", f"/vaults/{name}", True, run)
+    await req.app.vault_added(name)
+    return result
+
+
+async def update_vault(req: ApiRequest) -> Result:
+    name = req.params["name"]
+    body = await req.json()
+
+    def run(ctx: Context) -> Result:
+        _own(ctx, name)
+        return Result(body=_body(req, vault.update(ctx.tx, name, body)))
+
+    return await _run(req, "VaultPatch", "write", f"/vaults/{name}", True, run)
+
+
+async def delete_vault(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        _own(ctx, name)
+        vault.delete(ctx.tx, name)
+        return Result(status=204)
+
+    return await _run(req, "VaultDelete", "delete", f"/vaults/{name}", True, run)
+
+
+ROUTES = [
+    Route("GET", "/admin/vaults", list_vaults),
+    Route("GET", "/admin/vaults/{name}", get_vault),
+    Route("PUT", "/admin/vaults/{name}", create_vault),
+    Route("PATCH", "/admin/vaults/{name}", update_vault),
+    Route("DELETE", "/admin/vaults/{name}", delete_vault),
+]

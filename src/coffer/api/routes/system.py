@@ -1,0 +1,60 @@
+"""Health, seal status, initialisation and unsealing (unauthenticated, as in Vault), and sealing."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+
+from coffer.api.request import ApiRequest
+from coffer.api.routing import Route
+from coffer.core import Context, Operation, Result
+from coffer.errors import BadParameter
+
+
+async def health(req: ApiRequest) -> Result:
+    status = req.app.barrier.status()
+    code = 200 if status.initialized and not status.sealed else 503
+    return Result(status=code, body={"status": "ok" if code == 200 else "sealed", **status.as_dict()})
+
+
+async def seal_status(req: ApiRequest) -> Result:
+    return Result(body=req.app.barrier.status().as_dict())
+
+
+async def init(req: ApiRequest) -> Result:
+    body = await req.json(required=False)
+    shares, threshold = body.get("shares", 5), body.get("threshold", 3)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (shares, threshold)):
+        raise BadParameter("shares and threshold must be integers.")
+    if not (1 <= threshold <= shares <= 16) or (threshold == 1 and shares != 1):
+        raise BadParameter("Need 1 <= threshold <= shares <= 16; a threshold of 1 needs exactly 1 share.")
+    result = await anyio.to_thread.run_sync(req.app.initialize, shares, threshold)
+    return Result(body=result)
+
+
+async def unseal(req: ApiRequest) -> Result:
+    body = await req.json()
+    share = body.get("key")
+    if not isinstance(share, str) or not share.strip():
+        raise BadParameter("Property key (one unseal share) is required.")
+    status = await anyio.to_thread.run_sync(req.app.submit_share, share.strip())
+    return Result(body=status.as_dict())
+
+
+async def seal(req: ApiRequest) -> Result:
+    def run(ctx: Context) -> Result:
+        return Result(status=204)
+
+    op = Operation(name="Seal", action="Coffer/system/seal/action", scope="/", vault=None, write=False, run=run)
+    assert req.caller is not None
+    result = await req.pipeline.execute(op, req.caller, req.info)
+    req.app.seal()
+    return result
+
+
+PUBLIC_ROUTES = [
+    Route("GET", "/healthz", health),
+    Route("GET", "/v1/sys/seal-status", seal_status),
+    Route("POST", "/v1/sys/init", init),
+    Route("POST", "/v1/sys/unseal", unseal),
+]
+ROUTES = [Route("POST", "/v1/sys/seal", seal)]

@@ -1,0 +1,114 @@
+"""Key Vault JSON on the wire: bundles, items, paging links, base64url."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from urllib.parse import quote
+
+from coffer.errors import BadParameter
+from coffer.objects import rules
+from coffer.objects.secret import Secret
+from coffer.storage import VaultRow
+
+MAX_RESULTS = 25
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: Any, field: str = "value") -> bytes:
+    if not isinstance(text, str) or not text:
+        raise BadParameter(f"Property {field} is required and must be a base64url string.")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise BadParameter(f"Property {field} is not valid base64url.") from None
+
+
+def page_size(query: Any) -> int:
+    raw = query.get("maxresults")
+    if raw is None or raw == "":
+        return MAX_RESULTS
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_RESULTS:
+        raise BadParameter(f"Invalid value for maxresults: {raw[:16]!r}. It must be between 1 and {MAX_RESULTS}.")
+    return int(raw)
+
+
+def skiptoken(query: Any) -> str | None:
+    raw = query.get("$skiptoken")
+    if not raw:
+        return None
+    try:
+        return b64url_decode(raw, "$skiptoken").decode("utf-8")
+    except (BadParameter, UnicodeDecodeError):
+        raise BadParameter("Invalid $skiptoken.") from None
+
+
+def next_link(vault_url: str, path: str, api_version: str | None, after: str, size: int) -> str:
+    token = b64url_encode(after.encode("utf-8"))
+    return (f"{vault_url}{path}?api-version={quote(api_version or '7.4', safe='')}"
+            f"&$skiptoken={token}&maxresults={size}")
+
+
+def attributes(secret: Secret, vault: VaultRow) -> dict[str, Any]:
+    row = secret.row
+    result: dict[str, Any] = {"enabled": row.enabled}
+    if row.nbf is not None:
+        result["nbf"] = row.nbf
+    if row.exp is not None:
+        result["exp"] = row.exp
+    result.update(created=row.created, updated=row.updated, recoverableDays=vault.retention_days,
+                  recoveryLevel=rules.recovery_level(vault))
+    return result
+
+
+def _supports_previous_version(api_version: str | None) -> bool:
+    return bool(api_version) and api_version[:4].isdigit() and api_version >= "2025-06-01"  # type: ignore[index,operator]
+
+
+def secret_id(vault_url: str, secret: Secret, *, versioned: bool = True) -> str:
+    base = f"{vault_url}/secrets/{secret.obj.name}"
+    return f"{base}/{secret.row.version}" if versioned else base
+
+
+def secret_bundle(secret: Secret, vault: VaultRow, vault_url: str, api_version: str | None,
+                  *, with_value: bool) -> dict[str, Any]:
+    row = secret.row
+    body: dict[str, Any] = {}
+    if with_value and secret.value is not None:
+        body["value"] = secret.value
+    body["id"] = secret_id(vault_url, secret)
+    if row.content_type is not None:
+        body["contentType"] = row.content_type
+    body["attributes"] = attributes(secret, vault)
+    if row.tags is not None:
+        body["tags"] = row.tags
+    if row.kid:
+        body["kid"] = row.kid
+    if row.managed:
+        body["managed"] = True
+    previous = row.extra.get("previousVersion")
+    if previous and _supports_previous_version(api_version):
+        body["previousVersion"] = previous
+    return body
+
+
+def secret_item(secret: Secret, vault: VaultRow, vault_url: str, *, versioned: bool) -> dict[str, Any]:
+    row = secret.row
+    item: dict[str, Any] = {"id": secret_id(vault_url, secret, versioned=versioned),
+                            "attributes": attributes(secret, vault)}
+    if row.tags is not None:
+        item["tags"] = row.tags
+    if row.content_type is not None:
+        item["contentType"] = row.content_type
+    if row.managed:
+        item["managed"] = True
+    return item
+
+
+def deleted_fields(secret: Secret, vault_url: str) -> dict[str, Any]:
+    return {"recoveryId": f"{vault_url}/deletedsecrets/{secret.obj.name}",
+            "deletedDate": secret.obj.deleted, "scheduledPurgeDate": secret.obj.purge_at}

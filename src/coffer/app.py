@@ -1,0 +1,255 @@
+"""Composition root: builds storage → barrier → identity → audit → pipeline → HTTP edge from a Config.
+The only module that picks concrete implementations."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coffer.api.app import Api
+from coffer.audit import AuditLog
+from coffer.barrier import Barrier, SealStatus
+from coffer.config import Config
+from coffer.core import Pipeline
+from coffer.crypto import signing, tls
+from coffer.identity import principals
+from coffer.identity.tokens import TokenService
+from coffer.objects import vault
+from coffer.storage import Storage
+from coffer.storage.sqlite import SqliteStorage
+
+log = logging.getLogger("coffer")
+
+_SIGNING_KEY = "token-signing-key"
+_BOOTSTRAP = "bootstrap"
+_DEV = "dev-credentials"
+DEV_VAULT = "dev"
+
+
+@dataclass(frozen=True)
+class DevIdentity:
+    tenant_id: str
+    client_id: str
+    client_secret: str
+    identity_header: str
+    identity_client_id: str
+
+
+class Coffer:
+    def __init__(self, config: Config, storage: Storage | None = None) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.storage = storage or SqliteStorage(config.database_path)
+        self.storage.migrate()
+        self.barrier = Barrier(self.storage)
+        self.tokens = TokenService(self.authority, self.resource, config.token_lifetime_seconds)
+        self.audit = AuditLog(config.audit_path)
+        self.pipeline = Pipeline(self.storage, self.barrier, self.tokens, self.audit)
+        self.api = Api(self)
+        self._tenants: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.tls_reloader: Any = None  # set by the server: a callable that reloads certificate files
+
+    # --- addressing ---------------------------------------------------------------------------
+    @property
+    def port_suffix(self) -> str:
+        port = self.config.public_port or self.config.port
+        return "" if port == 443 else f":{port}"
+
+    @property
+    def authority(self) -> str:
+        return f"https://{self.config.dns_suffix}{self.port_suffix}"
+
+    @property
+    def resource(self) -> str:
+        """The challenge resource: a strict parent domain of every vault host, port included (C7)."""
+        return self.authority
+
+    def vault_url(self, name: str) -> str:
+        return f"https://{name}.{self.config.dns_suffix}{self.port_suffix}"
+
+    def host_kind(self, host: str) -> tuple[str | None, str | None]:
+        """("server", None), ("vault", name) or (None, None) for a Host header."""
+        host = host.strip().lower()
+        if host.startswith("["):
+            hostname = host[1:].split("]", 1)[0]
+        else:
+            hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        suffix = self.config.dns_suffix.lower()
+        if hostname in (suffix, "localhost", "127.0.0.1", "::1", *self.config.extra_hostnames):
+            return "server", None
+        if hostname.endswith("." + suffix):
+            name = hostname[: -len(suffix) - 1]
+            if name and "." not in name:
+                return "vault", name
+        return None, None
+
+    def tenant_of(self, vault_name: str | None) -> str:
+        if not vault_name or self.barrier.sealed:
+            return ""
+        cached = self._tenants.get(vault_name)
+        if cached is None:
+            with self.storage.read() as tx:
+                row = tx.vault_get(vault_name)
+            cached = row.tenant_id if row else ""
+            if row:
+                self._tenants[vault_name] = cached
+        return cached
+
+    # --- TLS ----------------------------------------------------------------------------------
+    def tls_files(self) -> tls.TlsFiles:
+        """Operator-given certificate files, or the local CA's (reissued to cover every vault host)."""
+        if self.config.tls_cert and self.config.tls_key:
+            return tls.TlsFiles(ca_cert=self.config.tls_cert, cert=self.config.tls_cert, key=self.config.tls_key)
+        suffix = self.config.dns_suffix
+        names = [suffix, f"*.{suffix}", "localhost", "*.localhost", *self.config.extra_hostnames]
+        if "." not in suffix:  # TLS clients ignore a wildcard right under a one-label name
+            with self.storage.read() as tx:
+                names += [f"{v.name}.{suffix}" for v in tx.vault_list()]
+            names.append(f"{DEV_VAULT}.{suffix}")
+        ips = ["127.0.0.1", "::1"]
+        try:
+            ipaddress.ip_address(self.config.bind)
+            if self.config.bind not in ("0.0.0.0", "::"):  # noqa: S104
+                ips.append(self.config.bind)
+        except ValueError:
+            pass
+        return tls.ensure_local_tls(self.config.tls_dir, list(dict.fromkeys(names)), list(dict.fromkeys(ips)))
+
+    async def vault_added(self, name: str) -> None:
+        """A new vault host may need a new certificate name (dev CA with a one-label suffix)."""
+        if self.config.tls_cert or "." in self.config.dns_suffix:
+            return
+        import anyio.to_thread
+
+        files = await anyio.to_thread.run_sync(self.tls_files)
+        if self.tls_reloader is not None:
+            self.tls_reloader(files)
+
+    # --- seal lifecycle -----------------------------------------------------------------------
+    def _after_unseal(self) -> None:
+        with self.storage.write() as tx:
+            pem = self.barrier.system_get(tx, _SIGNING_KEY)
+            if pem is None:
+                pem = signing.generate_rsa_private_pem()
+                self.barrier.system_put(tx, _SIGNING_KEY, pem)
+        self.tokens.load_key(pem)
+
+    def initialize(self, shares: int, threshold: int) -> dict[str, Any]:
+        """First start: root key, Shamir shares, a tenant and a bootstrap administrator (shown once)."""
+        unseal_key, mnemonics = self.barrier.initialize(shares, threshold)
+        with self.storage.write() as tx:
+            tenant = principals.create_tenant(tx, "Default")
+            admin = principals.create_principal(tx, tenant, "bootstrap-admin", principals.APPLICATION)
+            issued = principals.add_secret(tx, admin, principals.CLIENT_SECRET)
+            self.barrier.system_put(tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant, "objectId": admin.object_id}))
+        self._after_unseal()
+        del unseal_key
+        return {"shares": mnemonics, "threshold": threshold, "tenantId": tenant, "clientId": admin.client_id,
+                "clientSecret": issued.secret, "authority": self.authority}
+
+    def submit_share(self, share: str) -> SealStatus:
+        status = self.barrier.submit_share(share)
+        if not status.sealed and not self.tokens.kid:
+            self._after_unseal()
+        return status
+
+    def unseal_with_key(self, key: bytes) -> None:
+        self.barrier.unseal_with_key(key)
+        self._after_unseal()
+
+    def seal(self) -> None:
+        self.barrier.seal()
+        self.tokens.unload()
+
+    # --- development mode ---------------------------------------------------------------------
+    def start_dev(self) -> DevIdentity:
+        """Initialise (1 share, kept in a file) or unseal from that file; ensure the dev tenant,
+        `dev` vault, dev service principal and managed identity exist."""
+        key_path = self.config.unseal_key_path
+        if not self.barrier.status().initialized:
+            unseal_key, _ = self.barrier.initialize(1, 1)
+            _write_private(key_path, unseal_key.hex().encode())
+        else:
+            if not key_path.exists():
+                raise SystemExit(f"{self.config.data_dir} holds a production installation (no dev unseal key); "
+                                 "start it without --dev and unseal it with `coffer operator unseal`.")
+            self.barrier.unseal_with_key(bytes.fromhex(key_path.read_text().strip()))
+        self._after_unseal()
+        with self.storage.write() as tx:
+            raw = self.barrier.system_get(tx, _DEV)
+            if raw is not None:
+                return DevIdentity(**orjson.loads(raw))
+            tenant = principals.create_tenant(tx, "Development")
+            app_principal = principals.create_principal(tx, tenant, "coffer-dev", principals.APPLICATION)
+            client_secret = principals.add_secret(tx, app_principal, principals.CLIENT_SECRET)
+            identity = principals.create_principal(tx, tenant, "dev-identity", principals.MANAGED_IDENTITY)
+            header = principals.add_secret(tx, identity, principals.IDENTITY_ENDPOINT)
+            if tx.vault_get(DEV_VAULT) is None:
+                vault.create(tx, self.barrier, DEV_VAULT, tenant, {})
+            dev = DevIdentity(tenant_id=tenant, client_id=app_principal.client_id,
+                              client_secret=client_secret.secret, identity_header=header.secret,
+                              identity_client_id=identity.client_id)
+            self.barrier.system_put(tx, _DEV, orjson.dumps(dev.__dict__))
+            self.barrier.system_put(tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant,
+                                                                  "objectId": app_principal.object_id}))
+        return dev
+
+    def write_dev_env(self, dev: DevIdentity, ca_file: Path) -> Path:
+        lines = {
+            "VAULT_URL": self.vault_url(DEV_VAULT),
+            "IDENTITY_ENDPOINT": f"{self.authority}/msi/token",
+            "IDENTITY_HEADER": dev.identity_header,
+            "REQUESTS_CA_BUNDLE": str(ca_file.resolve()),
+            "SSL_CERT_FILE": str(ca_file.resolve()),
+            "AZURE_AUTHORITY_HOST": self.authority,
+            "COFFER_ADDR": self.authority,
+            "COFFER_TENANT_ID": dev.tenant_id,
+            "COFFER_CLIENT_ID": dev.client_id,
+            "COFFER_CLIENT_SECRET": dev.client_secret,
+        }
+        path = self.config.data_dir / "dev.env"
+        text = "# Coffer development environment: `source` this file. Development only.\n" + "".join(
+            f"export {k}='{v}'\n" for k, v in lines.items())
+        _write_private(path, text.encode())
+        return path
+
+    # --- background jobs ----------------------------------------------------------------------
+    def purge_due(self, now: int, limit: int = 500) -> int:
+        """Purge soft-deleted objects past their scheduledPurgeDate. Returns how many were purged."""
+        if self.barrier.sealed:
+            return 0
+        with self.storage.write() as tx:
+            due = tx.objects_due_for_purge(now, limit)
+            for obj in due:
+                tx.object_purge(obj.vault, obj.kind, obj.name)
+                self.audit.write({"operationName": f"{obj.kind.capitalize()}Purge", "resultType": "Success",
+                                  "resultSignature": "NoContent", "identity": {"claim": {"oid": "coffer-scheduler"}},
+                                  "properties": {"vault": obj.vault, "id": f"{self.vault_url(obj.vault)}/"
+                                                 f"deleted{obj.kind}s/{obj.name}", "reason": "retention ended"}})
+        return len(due)
+
+    def close(self) -> None:
+        self.audit.close()
+        self.storage.close()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+__all__ = ["Coffer", "DevIdentity"]

@@ -1,0 +1,106 @@
+"""`coffer server`: bind, unseal (dev) or wait for an operator, serve HTTPS until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+import time
+
+import anyio.to_thread
+import uvicorn
+
+from coffer.app import Coffer
+from coffer.config import Config
+from coffer.crypto import tls
+
+log = logging.getLogger("coffer.server")
+
+DEV_BANNER = """\
+==============================================================================
+  DEVELOPMENT MODE. The unseal key is stored beside the data in {key}.
+  Anyone who can read the data directory can read every secret.
+  Never keep production credentials in a --dev server.
+=============================================================================="""
+
+
+def _bind(config: Config) -> socket.socket:
+    family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.bind, config.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _purge_loop(coffer: Coffer) -> None:
+    while True:
+        await asyncio.sleep(coffer.config.purge_interval_seconds)
+        try:
+            purged = await anyio.to_thread.run_sync(coffer.purge_due, int(time.time()))
+            if purged:
+                log.info("purged %d soft-deleted objects past their retention", purged)
+        except Exception:
+            log.exception("purge job failed; will retry")
+
+
+async def _announce(server: uvicorn.Server, lines: list[str]) -> None:
+    while not server.started:
+        await asyncio.sleep(0.02)
+    print("\n".join(lines), flush=True)
+
+
+def serve(config: Config) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    sock = _bind(config)
+    config = config.with_port(sock.getsockname()[1])
+    coffer = Coffer(config)
+    lines: list[str] = []
+    if config.dev:
+        dev = coffer.start_dev()
+        files = coffer.tls_files()
+        env_path = coffer.write_dev_env(dev, files.ca_cert)
+        print(DEV_BANNER.format(key=config.unseal_key_path), file=sys.stderr, flush=True)
+        lines.append(f"Coffer dev server ready at {coffer.authority}; vault 'dev' at {coffer.vault_url('dev')}")
+        lines.append(f"Environment for clients: source {env_path}")
+    else:
+        files = coffer.tls_files()
+        status = coffer.barrier.status()
+        lines.append(f"Coffer ready at {coffer.authority}")
+        if not status.initialized:
+            lines.append(f"Not initialized: run `coffer operator init --addr {coffer.authority} "
+                         f"--ca-cert {files.ca_cert}`")
+        else:
+            lines.append(f"Sealed: run `coffer operator unseal --addr {coffer.authority}` "
+                         f"({status.threshold} of {status.shares} shares)")
+    lines.append(f"CA certificate: {files.ca_cert} (sha256 {tls.fingerprint_sha256(files.ca_cert)})")
+
+    uv_config = uvicorn.Config(coffer.api, ssl_certfile=str(files.cert), ssl_keyfile=str(files.key),
+                               log_level="warning", access_log=False, lifespan="off", server_header=False,
+                               date_header=True, timeout_keep_alive=30)
+    uv_config.load()
+
+    def reload_certificate(new: tls.TlsFiles) -> None:
+        assert uv_config.ssl is not None
+        uv_config.ssl.load_cert_chain(str(new.cert), str(new.key))
+
+    coffer.tls_reloader = reload_certificate
+    server = uvicorn.Server(uv_config)
+
+    async def main() -> None:
+        purge = asyncio.create_task(_purge_loop(coffer))
+        announce = asyncio.create_task(_announce(server, lines))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            purge.cancel()
+            announce.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        coffer.close()
+        print("Coffer stopped.", flush=True)

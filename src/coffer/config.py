@@ -1,0 +1,68 @@
+"""Server configuration: frozen, typed, and the only reader of the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path(".coffer")
+    bind: str = "127.0.0.1"
+    port: int = 8443
+    dns_suffix: str = "localhost"
+    # Port clients use (differs from `port` behind a TCP load balancer); None = `port`.
+    public_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    dev: bool = False
+    purge_interval_seconds: float = 60.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    token_lifetime_seconds: int = 3600
+    extra_hostnames: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "coffer.db"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.log"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def unseal_key_path(self) -> Path:
+        """Development only: the unseal key kept beside the data (never in production)."""
+        return self.data_dir / "dev-unseal.key"
+
+    def with_port(self, port: int) -> Config:
+        return replace(self, port=port)
+
+
+def from_environment(**overrides: object) -> Config:
+    """Build a Config from COFFER_* variables, then explicit overrides (CLI flags) on top."""
+    env = os.environ
+    values: dict[str, object] = {}
+    if "COFFER_DATA_DIR" in env:
+        values["data_dir"] = Path(env["COFFER_DATA_DIR"])
+    if "COFFER_BIND" in env:
+        values["bind"] = env["COFFER_BIND"]
+    if "COFFER_PORT" in env:
+        values["port"] = int(env["COFFER_PORT"])
+    if "COFFER_PUBLIC_PORT" in env:
+        values["public_port"] = int(env["COFFER_PUBLIC_PORT"])
+    if "COFFER_DNS_SUFFIX" in env:
+        values["dns_suffix"] = env["COFFER_DNS_SUFFIX"]
+    if "COFFER_TLS_CERT" in env:
+        values["tls_cert"] = Path(env["COFFER_TLS_CERT"])
+    if "COFFER_TLS_KEY" in env:
+        values["tls_key"] = Path(env["COFFER_TLS_KEY"])
+    if "COFFER_PURGE_INTERVAL" in env:
+        values["purge_interval_seconds"] = float(env["COFFER_PURGE_INTERVAL"])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**values)  # type: ignore[arg-type]

@@ -1,0 +1,135 @@
+"""One pipeline every request passes through.
+
+    edge (api)        parse host and route; answer 401 before reading any body
+    authenticate      bearer token → Caller                         (TokenService.verify)
+    authorize         Caller × data action × scope → allow / 403     (authz.authorize)
+    execute           the operation's handler inside one storage transaction, through the barrier
+    audit             the record is made durable before the transaction commits; if audit fails, the
+                      transaction rolls back and the request fails (fail closed)
+    respond           the edge renders the Result in Azure's wire format
+
+Failures (401, 403, 4xx, 5xx) are audited too, through `audit_failure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+
+from coffer.audit import AuditLog
+from coffer.authz import authorize
+from coffer.barrier import Barrier, VaultView
+from coffer.errors import CofferError, NotFound, Sealed, Unauthorized
+from coffer.identity.tokens import Caller, TokenService
+from coffer.storage import Storage, Transaction, VaultRow
+
+log = logging.getLogger("coffer.pipeline")
+
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "NoContent", 400: "BadRequest",
+            401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
+            413: "RequestEntityTooLarge", 429: "TooManyRequests", 500: "InternalServerError",
+            503: "ServiceUnavailable"}
+
+
+@dataclass
+class RequestInfo:
+    request_uri: str
+    caller_ip: str
+    correlation_id: str | None = None
+    api_version: str | None = None
+    client_info: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Result:
+    status: int = 200
+    body: Any = None
+    object_id: str | None = None  # the object URI, for the audit record
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    tx: Transaction
+    barrier: Barrier
+    caller: Caller
+    vault: VaultRow | None
+    view: VaultView | None
+
+    def require_view(self) -> VaultView:
+        if self.view is None:
+            raise RuntimeError("operation needs a vault")
+        return self.view
+
+
+@dataclass
+class Operation:
+    name: str  # Azure audit operationName, e.g. "SecretGet"
+    action: str  # Azure data action, e.g. "Microsoft.KeyVault/vaults/secrets/getSecret/action"
+    scope: str  # e.g. "/secrets/db-password"
+    vault: str | None
+    write: bool
+    run: Callable[[Context], Result]
+
+
+class Pipeline:
+    def __init__(self, storage: Storage, barrier: Barrier, tokens: TokenService, audit: AuditLog) -> None:
+        self.storage = storage
+        self.barrier = barrier
+        self.tokens = tokens
+        self.audit = audit
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        if self.barrier.sealed:
+            raise Sealed()
+        if not authorization:
+            raise Unauthorized()
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized()
+        return self.tokens.verify(token.strip())
+
+    async def execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
+        return await anyio.to_thread.run_sync(self._execute, op, caller, info)
+
+    def _execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
+        transaction = self.storage.write() if op.write else self.storage.read()
+        with transaction as tx:
+            vault = None
+            if op.vault is not None:
+                vault = tx.vault_get(op.vault)
+                if vault is None:
+                    raise NotFound(f"Vault {op.vault} was not found on this server.", code="VaultNotFound")
+            authorize(caller, op.action, op.scope, vault)
+            view = VaultView(tx, self.barrier, vault) if vault is not None else None
+            result = op.run(Context(tx, self.barrier, caller, vault, view))
+            self.audit.write(self._record(op.name, op.vault, caller, info, result.status, result.object_id))
+        return result
+
+    def audit_failure(self, name: str, vault: str | None, caller: Caller | None, info: RequestInfo,
+                      error: CofferError) -> None:
+        self.audit.write(self._record(name, vault, caller, info, error.status, None, error.message))
+
+    def _record(self, name: str, vault: str | None, caller: Caller | None, info: RequestInfo, status: int,
+                object_id: str | None, description: str | None = None) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "operationName": name,
+            "operationVersion": info.api_version,
+            "resultType": "Success" if status < 400 else "Failure",
+            "resultSignature": _REASONS.get(status, str(status)),
+            "durationMs": str(int((time.perf_counter() - info.started) * 1000)),
+            "callerIpAddress": info.caller_ip,
+            "correlationId": info.correlation_id,
+            "identity": caller.audit_identity() if caller else None,
+            "properties": {"clientInfo": info.client_info, "requestUri": info.request_uri,
+                           "httpStatusCode": status, "vault": vault, "id": object_id},
+        }
+        if description:
+            record["resultDescription"] = description
+        return record

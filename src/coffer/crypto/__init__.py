@@ -1,0 +1,17 @@
+"""All cryptography used by coffer; the only package that imports ``cryptography``."""
+
+from coffer.crypto import envelope, passwords, shamir, signing, tls
+from coffer.crypto.envelope import DecryptionFailed
+from coffer.crypto.shamir import InvalidShares
+from coffer.crypto.tls import TlsFiles
+
+__all__ = [
+    "DecryptionFailed",
+    "InvalidShares",
+    "TlsFiles",
+    "envelope",
+    "passwords",
+    "shamir",
+    "signing",
+    "tls",
+]

@@ -1,0 +1,1 @@
+"""Who is calling: Coffer's token service (in the role Entra ID plays for Key Vault)."""

@@ -1,0 +1,233 @@
+"""Secrets: versioned values with soft delete, recovery, purge, backup and restore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from coffer.barrier import VaultView
+from coffer.crypto import envelope
+from coffer.errors import BadParameter, Conflict, Forbidden, NotFound
+from coffer.objects import rules
+from coffer.storage import ObjectRow, VersionRow
+
+KIND = "secret"
+MAX_VALUE_BYTES = 25 * 1024
+MAX_BACKUP_VERSIONS = 500
+_BACKUP_FORMAT = 1
+
+
+@dataclass
+class Secret:
+    obj: ObjectRow
+    row: VersionRow
+    value: str | None = None
+
+
+def _not_found(name: str, version: str | None = None) -> NotFound:
+    ident = f"{name}/{version}" if version else name
+    return NotFound(
+        f"A secret with (name/id) {ident} was not found in this key vault. If you recently deleted this "
+        "secret you may be able to recover it using the correct recovery command. For help resolving this "
+        "issue, please see https://go.microsoft.com/fwlink/?linkid=2125182",
+        code="SecretNotFound",
+    )
+
+
+def _deleted_not_found(name: str) -> NotFound:
+    return NotFound(f"Deleted Secret not found: {name}", code="SecretNotFound")
+
+
+def _live(view: VaultView, name: str) -> ObjectRow:
+    obj = view.object_get(KIND, name)
+    if obj is None or obj.deleted is not None or obj.latest is None:
+        raise _not_found(name)
+    return obj
+
+
+def _version(view: VaultView, obj: ObjectRow, version: str | None) -> VersionRow:
+    row = view.version_get(KIND, obj.name, version or obj.latest or "")
+    if row is None:
+        raise _not_found(obj.name, version)
+    return row
+
+
+def _open_value(view: VaultView, row: VersionRow) -> str:
+    return view.open(KIND, row.name, row.version, "value", row.payload).decode("utf-8")
+
+
+def set(view: VaultView, name: str, value: Any, *, content_type: Any = None, tags: Any = None,
+        attributes: Any = None) -> Secret:
+    rules.check_name(name)
+    if not isinstance(value, str):
+        raise BadParameter("Property value is required and must be a string.")
+    encoded = value.encode("utf-8")
+    if len(encoded) > MAX_VALUE_BYTES:
+        raise BadParameter(f"Secret is beyond the maximum permitted length of {MAX_VALUE_BYTES} bytes.")
+    content_type = rules.check_content_type(content_type)
+    tags = rules.check_tags(tags)
+    attrs = rules.check_attributes(attributes)
+    obj = view.object_get(KIND, name)
+    if obj is not None and obj.deleted is not None:
+        raise Conflict(
+            f"Secret {obj.name} is currently in a deleted but recoverable state, and its name cannot be reused; "
+            "in this state, the secret can only be recovered or purged.",
+            inner="ObjectIsDeletedButRecoverable",
+        )
+    if obj is None:
+        obj = ObjectRow(vault=view.name, kind=KIND, name=name)
+    previous = obj.latest
+    version = rules.new_version()
+    now = rules.now()
+    row = VersionRow(
+        vault=view.name, kind=KIND, name=obj.name, version=version, created=now, updated=now,
+        enabled=attrs.get("enabled", True), nbf=attrs.get("nbf"), exp=attrs.get("exp"),
+        content_type=content_type, tags=tags,
+        payload=view.seal(KIND, obj.name, version, "value", encoded),
+        extra={"previousVersion": previous} if previous else {},
+    )
+    view.version_put(row)
+    obj.latest = version
+    view.object_put(obj)
+    return Secret(obj, row, value)
+
+
+def get(view: VaultView, name: str, version: str | None) -> Secret:
+    rules.check_name(name)
+    obj = _live(view, name)
+    row = _version(view, obj, version)
+    if not row.enabled:
+        raise Forbidden("Operation get is not allowed on a disabled secret.", inner="SecretDisabled")
+    return Secret(obj, row, _open_value(view, row))
+
+
+def update(view: VaultView, name: str, version: str | None, *, content_type: Any = None,
+           tags: Any = None, attributes: Any = None, fields: frozenset[str] = frozenset()) -> Secret:
+    """Change properties; only the fields present in the request body (`fields`) are touched."""
+    rules.check_name(name)
+    obj = _live(view, name)
+    row = _version(view, obj, version)
+    if "contentType" in fields:
+        row.content_type = rules.check_content_type(content_type)
+    if "tags" in fields:
+        row.tags = rules.check_tags(tags)
+    attrs = rules.check_attributes(attributes)
+    for key, value in attrs.items():
+        setattr(row, key, value)
+    if row.nbf is not None and row.exp is not None and row.nbf > row.exp:
+        raise BadParameter("Property attributes has invalid value: nbf must not be later than exp.")
+    row.updated = rules.now()
+    view.version_put(row)
+    return Secret(obj, row)
+
+
+def delete(view: VaultView, name: str) -> Secret:
+    rules.check_name(name)
+    obj = _live(view, name)
+    row = _version(view, obj, None)
+    now = rules.now()
+    obj.deleted = now
+    obj.purge_at = now + view.vault.retention_days * rules.DAY
+    view.object_put(obj)
+    return Secret(obj, row)
+
+
+def _deleted(view: VaultView, name: str) -> ObjectRow:
+    rules.check_name(name)
+    obj = view.object_get(KIND, name)
+    if obj is None or obj.deleted is None:
+        raise _deleted_not_found(name)
+    return obj
+
+
+def get_deleted(view: VaultView, name: str) -> Secret:
+    obj = _deleted(view, name)
+    return Secret(obj, _version(view, obj, None))
+
+
+def recover(view: VaultView, name: str) -> Secret:
+    obj = _deleted(view, name)
+    obj.deleted = obj.purge_at = None
+    view.object_put(obj)
+    return Secret(obj, _version(view, obj, None))
+
+
+def purge(view: VaultView, name: str) -> None:
+    obj = _deleted(view, name)
+    if view.vault.purge_protection:
+        raise Forbidden(
+            'Operation "purge" is not allowed because purge protection is enabled for this vault. Key Vault '
+            "service will automatically purge it after the retention period has passed.\r\n"
+            f"Vault: {view.name};location=local"
+        )
+    view.object_purge(KIND, obj.name)
+
+
+def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int) -> list[Secret]:
+    objects = view.object_list(KIND, deleted=deleted, after=after, limit=limit)
+    latest = view.latest_versions(KIND, objects)
+    return [Secret(o, latest[o.name.lower()]) for o in objects if o.name.lower() in latest]
+
+
+def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: int) -> list[Secret]:
+    rules.check_name(name)
+    obj = _live(view, name)
+    return [Secret(obj, row) for row in view.version_list(KIND, obj.name, after_seq=after_seq, limit=limit)]
+
+
+def backup(view: VaultView, name: str) -> bytes:
+    rules.check_name(name)
+    obj = _live(view, name)
+    rows = view.version_list(KIND, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
+    if len(rows) > MAX_BACKUP_VERSIONS:
+        raise BadParameter(f"Backup of a secret with more than {MAX_BACKUP_VERSIONS} versions is not supported.")
+    document = {
+        "format": _BACKUP_FORMAT, "kind": KIND, "name": obj.name, "latest": obj.latest,
+        "versions": [
+            {"version": r.version, "created": r.created, "updated": r.updated, "enabled": r.enabled,
+             "nbf": r.nbf, "exp": r.exp, "contentType": r.content_type, "tags": r.tags, "managed": r.managed,
+             "kid": r.kid, "extra": r.extra, "value": _open_value(view, r)}
+            for r in rows
+        ],
+    }
+    return view.barrier.seal_backup(KIND, orjson.dumps(document))
+
+
+def restore(view: VaultView, blob: bytes) -> Secret:
+    try:
+        document = orjson.loads(view.barrier.open_backup(KIND, blob))
+        name = str(document["name"])
+        versions = list(document["versions"])
+        latest = str(document["latest"])
+        if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND or not versions:
+            raise ValueError("unexpected backup document")
+    except (envelope.DecryptionFailed, ValueError, KeyError, TypeError):
+        raise BadParameter("Backup blob contains invalid data. It may have been made by another installation "
+                           "or altered.", code="BadParameter") from None
+    existing = view.object_get(KIND, name)
+    if existing is not None:
+        raise Conflict(
+            f"There was a conflict restoring the secret '{name}'. This can happen if either: a second secret "
+            "with the same name was created after the first secret was deleted; or the secret was "
+            "recovered before the restore."
+        )
+    obj = ObjectRow(vault=view.name, kind=KIND, name=name, latest=latest)
+    restored: VersionRow | None = None
+    for item in versions:
+        version = str(item["version"])
+        row = VersionRow(
+            vault=view.name, kind=KIND, name=name, version=version, created=item["created"],
+            updated=item["updated"], enabled=bool(item["enabled"]), nbf=item["nbf"], exp=item["exp"],
+            content_type=item["contentType"], tags=item["tags"], managed=bool(item["managed"]),
+            kid=item["kid"], extra=item.get("extra") or {},
+            payload=view.seal(KIND, name, version, "value", str(item["value"]).encode("utf-8")),
+        )
+        view.version_put(row)
+        if version == latest:
+            restored = row
+    if restored is None:
+        raise BadParameter("Backup blob contains invalid data.")
+    view.object_put(obj)
+    return Secret(obj, restored)

@@ -1,0 +1,184 @@
+"""The storage interface every backend implements (SQLite now, PostgreSQL later).
+
+Storage sees clear columns (names, versions, dates, flags) and opaque sealed blobs; it never
+holds a key that could open them. Object names compare case-insensitively, as in Key Vault:
+backends look them up by `name.lower()` and keep the spelling of the first write.
+One conformance suite (tests/conformance/test_storage.py) checks every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+
+class StorageError(Exception):
+    """The backend failed (I/O, corruption, lock timeout). Requests fail closed on it."""
+
+
+@dataclass
+class VaultRow:
+    name: str
+    tenant_id: str
+    created: int
+    updated: int
+    retention_days: int = 90
+    purge_protection: bool = False
+    sku: str = "standard"
+    rbac_authorization: bool = True
+    wrapped_key: bytes = b""  # the vault's data key, sealed by the root key
+    key_term: int = 1
+
+
+@dataclass
+class PrincipalRow:
+    object_id: str
+    tenant_id: str
+    client_id: str
+    kind: str  # "application" | "managedIdentity"
+    display_name: str
+    created: int
+
+
+@dataclass
+class CredentialRow:
+    id: str
+    object_id: str
+    kind: str  # "clientSecret" | "identityEndpoint"
+    secret_hash: str
+    created: int
+    expires: int | None = None
+
+
+@dataclass
+class ObjectRow:
+    """A named secret, key or certificate; `deleted` is set while it is soft-deleted."""
+
+    vault: str
+    kind: str
+    name: str
+    latest: str | None = None
+    deleted: int | None = None
+    purge_at: int | None = None
+
+
+@dataclass
+class VersionRow:
+    vault: str
+    kind: str
+    name: str
+    version: str
+    created: int
+    updated: int
+    enabled: bool = True
+    nbf: int | None = None
+    exp: int | None = None
+    content_type: str | None = None
+    tags: dict[str, str] | None = None
+    managed: bool = False
+    kid: str | None = None
+    payload: bytes = b""  # sealed by the barrier
+    seq: int = 0  # creation order within the object, assigned by the backend
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Transaction(ABC):
+    """Reads and writes inside one atomic, durable transaction."""
+
+    # meta: installation-wide values (seal configuration, sealed signing key, ...)
+    @abstractmethod
+    def meta_get(self, key: str) -> bytes | None: ...
+    @abstractmethod
+    def meta_put(self, key: str, value: bytes) -> None: ...
+
+    # vaults
+    @abstractmethod
+    def vault_get(self, name: str) -> VaultRow | None: ...
+    @abstractmethod
+    def vault_list(self) -> list[VaultRow]: ...
+    @abstractmethod
+    def vault_put(self, row: VaultRow) -> None: ...
+    @abstractmethod
+    def vault_delete(self, name: str) -> None:
+        """Remove the vault and every object and version in it."""
+
+    # principals and their credentials
+    @abstractmethod
+    def principal_get(self, object_id: str) -> PrincipalRow | None: ...
+    @abstractmethod
+    def principal_by_client_id(self, tenant_id: str, client_id: str) -> PrincipalRow | None: ...
+    @abstractmethod
+    def principal_list(self, tenant_id: str | None = None) -> list[PrincipalRow]: ...
+    @abstractmethod
+    def principal_put(self, row: PrincipalRow) -> None: ...
+    @abstractmethod
+    def principal_delete(self, object_id: str) -> None: ...
+    @abstractmethod
+    def credential_get(self, credential_id: str) -> CredentialRow | None: ...
+    @abstractmethod
+    def credential_list(self, object_id: str) -> list[CredentialRow]: ...
+    @abstractmethod
+    def credential_put(self, row: CredentialRow) -> None: ...
+    @abstractmethod
+    def credential_delete(self, credential_id: str) -> None: ...
+
+    # objects and versions
+    @abstractmethod
+    def object_get(self, vault: str, kind: str, name: str) -> ObjectRow | None: ...
+    @abstractmethod
+    def object_put(self, row: ObjectRow) -> None: ...
+    @abstractmethod
+    def object_purge(self, vault: str, kind: str, name: str) -> None:
+        """Remove the object and all its versions for good."""
+
+    @abstractmethod
+    def object_list(
+        self, vault: str, kind: str, *, deleted: bool, after: str | None, limit: int
+    ) -> list[ObjectRow]:
+        """Objects ordered by lower-cased name, strictly after `after` (a lower-cased name)."""
+
+    @abstractmethod
+    def objects_due_for_purge(self, now: int, limit: int) -> list[ObjectRow]: ...
+
+    @abstractmethod
+    def version_get(self, vault: str, kind: str, name: str, version: str) -> VersionRow | None: ...
+    @abstractmethod
+    def version_put(self, row: VersionRow) -> None:
+        """Insert or update a version; a new version gets the next `seq` of its object."""
+
+    @abstractmethod
+    def version_list(
+        self, vault: str, kind: str, name: str, *, after_seq: int | None, limit: int
+    ) -> list[VersionRow]:
+        """Versions in creation order (by `seq`), strictly after `after_seq`."""
+
+    @abstractmethod
+    def latest_versions(self, vault: str, kind: str, objects: list[ObjectRow]) -> dict[str, VersionRow]:
+        """The latest version of each object, keyed by lower-cased name (one round trip)."""
+
+
+class Storage(ABC):
+    @abstractmethod
+    def migrate(self) -> int:
+        """Apply pending schema migrations; return the schema version."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[Transaction]:
+        """A read-only snapshot."""
+
+    @abstractmethod
+    def write(self) -> AbstractContextManager[Transaction]:
+        """A write transaction: committed durably when the block exits cleanly, else rolled back."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def integrity_check(self) -> list[str]:
+        """Problems the backend finds in its own files (empty when healthy)."""
+
+    def files(self) -> Iterator[str]:
+        """Paths of files the backend writes (for confidentiality scans)."""
+        return iter(())

@@ -1,0 +1,35 @@
+"""Versioned schema migrations, applied in order on start. Never edit a released entry: append."""
+
+MIGRATIONS: list[str] = [
+    # 1: the foundation
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE vaults (
+        name TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL,
+        retention_days INTEGER NOT NULL, purge_protection INTEGER NOT NULL, sku TEXT NOT NULL,
+        rbac_authorization INTEGER NOT NULL, wrapped_key BLOB NOT NULL, key_term INTEGER NOT NULL
+    );
+    CREATE TABLE principals (
+        object_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, client_id TEXT NOT NULL, kind TEXT NOT NULL,
+        display_name TEXT NOT NULL, created INTEGER NOT NULL, UNIQUE (tenant_id, client_id)
+    );
+    CREATE TABLE credentials (
+        id TEXT PRIMARY KEY, object_id TEXT NOT NULL REFERENCES principals(object_id), kind TEXT NOT NULL,
+        secret_hash TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER
+    );
+    CREATE INDEX credentials_by_principal ON credentials(object_id);
+    CREATE TABLE objects (
+        vault TEXT NOT NULL, kind TEXT NOT NULL, name_key TEXT NOT NULL, name TEXT NOT NULL, latest TEXT,
+        deleted INTEGER, purge_at INTEGER, PRIMARY KEY (vault, kind, name_key)
+    );
+    CREATE INDEX objects_purge ON objects(purge_at) WHERE purge_at IS NOT NULL;
+    CREATE TABLE versions (
+        vault TEXT NOT NULL, kind TEXT NOT NULL, name_key TEXT NOT NULL, name TEXT NOT NULL,
+        version TEXT NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL, enabled INTEGER NOT NULL,
+        nbf INTEGER, exp INTEGER, content_type TEXT, tags TEXT, managed INTEGER NOT NULL, kid TEXT,
+        payload BLOB NOT NULL, seq INTEGER NOT NULL, extra TEXT,
+        PRIMARY KEY (vault, kind, name_key, version)
+    );
+    CREATE INDEX versions_by_seq ON versions(vault, kind, name_key, seq)
+    """,
+]

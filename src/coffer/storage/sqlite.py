@@ -1,0 +1,332 @@
+"""Embedded SQLite storage: WAL journal, synchronous=FULL so a commit survives kill -9 and power loss."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coffer.storage.base import (
+    CredentialRow,
+    ObjectRow,
+    PrincipalRow,
+    Storage,
+    StorageError,
+    Transaction,
+    VaultRow,
+    VersionRow,
+)
+from coffer.storage.schema import MIGRATIONS
+
+_VERSION_COLUMNS = (
+    "vault, kind, name, version, created, updated, enabled, nbf, exp, content_type, tags, "
+    "managed, kid, payload, seq, extra"
+)
+
+
+def _version(row: sqlite3.Row) -> VersionRow:
+    return VersionRow(
+        vault=row["vault"], kind=row["kind"], name=row["name"], version=row["version"],
+        created=row["created"], updated=row["updated"], enabled=bool(row["enabled"]),
+        nbf=row["nbf"], exp=row["exp"], content_type=row["content_type"],
+        tags=orjson.loads(row["tags"]) if row["tags"] is not None else None,
+        managed=bool(row["managed"]), kid=row["kid"], payload=bytes(row["payload"]),
+        seq=row["seq"], extra=orjson.loads(row["extra"]) if row["extra"] else {},
+    )
+
+
+def _object(row: sqlite3.Row) -> ObjectRow:
+    return ObjectRow(vault=row["vault"], kind=row["kind"], name=row["name"], latest=row["latest"],
+                     deleted=row["deleted"], purge_at=row["purge_at"])
+
+
+def _vault(row: sqlite3.Row) -> VaultRow:
+    return VaultRow(
+        name=row["name"], tenant_id=row["tenant_id"], created=row["created"], updated=row["updated"],
+        retention_days=row["retention_days"], purge_protection=bool(row["purge_protection"]),
+        sku=row["sku"], rbac_authorization=bool(row["rbac_authorization"]),
+        wrapped_key=bytes(row["wrapped_key"]), key_term=row["key_term"],
+    )
+
+
+def _principal(row: sqlite3.Row) -> PrincipalRow:
+    return PrincipalRow(object_id=row["object_id"], tenant_id=row["tenant_id"], client_id=row["client_id"],
+                        kind=row["kind"], display_name=row["display_name"], created=row["created"])
+
+
+def _credential(row: sqlite3.Row) -> CredentialRow:
+    return CredentialRow(id=row["id"], object_id=row["object_id"], kind=row["kind"],
+                         secret_hash=row["secret_hash"], created=row["created"], expires=row["expires"])
+
+
+class _SqliteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._c.execute(sql, args).fetchone()
+        return row
+
+    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        return self._c.execute(sql, args).fetchall()
+
+    # meta
+    def meta_get(self, key: str) -> bytes | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", key)
+        return bytes(row["value"]) if row else None
+
+    def meta_put(self, key: str, value: bytes) -> None:
+        self._c.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # vaults
+    def vault_get(self, name: str) -> VaultRow | None:
+        row = self._one("SELECT * FROM vaults WHERE name = ?", name.lower())
+        return _vault(row) if row else None
+
+    def vault_list(self) -> list[VaultRow]:
+        return [_vault(r) for r in self._all("SELECT * FROM vaults ORDER BY name")]
+
+    def vault_put(self, row: VaultRow) -> None:
+        self._c.execute(
+            "INSERT INTO vaults(name, tenant_id, created, updated, retention_days, purge_protection, sku, "
+            "rbac_authorization, wrapped_key, key_term) VALUES (?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET tenant_id=excluded.tenant_id, updated=excluded.updated, "
+            "retention_days=excluded.retention_days, purge_protection=excluded.purge_protection, "
+            "sku=excluded.sku, rbac_authorization=excluded.rbac_authorization, "
+            "wrapped_key=excluded.wrapped_key, key_term=excluded.key_term",
+            (row.name.lower(), row.tenant_id, row.created, row.updated, row.retention_days,
+             int(row.purge_protection), row.sku, int(row.rbac_authorization), row.wrapped_key, row.key_term),
+        )
+
+    def vault_delete(self, name: str) -> None:
+        key = name.lower()
+        self._c.execute("DELETE FROM versions WHERE vault = ?", (key,))
+        self._c.execute("DELETE FROM objects WHERE vault = ?", (key,))
+        self._c.execute("DELETE FROM vaults WHERE name = ?", (key,))
+
+    # principals
+    def principal_get(self, object_id: str) -> PrincipalRow | None:
+        row = self._one("SELECT * FROM principals WHERE object_id = ?", object_id)
+        return _principal(row) if row else None
+
+    def principal_by_client_id(self, tenant_id: str, client_id: str) -> PrincipalRow | None:
+        row = self._one("SELECT * FROM principals WHERE tenant_id = ? AND client_id = ?", tenant_id, client_id)
+        return _principal(row) if row else None
+
+    def principal_list(self, tenant_id: str | None = None) -> list[PrincipalRow]:
+        if tenant_id is None:
+            rows = self._all("SELECT * FROM principals ORDER BY display_name, object_id")
+        else:
+            rows = self._all("SELECT * FROM principals WHERE tenant_id = ? ORDER BY display_name, object_id",
+                             tenant_id)
+        return [_principal(r) for r in rows]
+
+    def principal_put(self, row: PrincipalRow) -> None:
+        self._c.execute(
+            "INSERT INTO principals(object_id, tenant_id, client_id, kind, display_name, created) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT(object_id) DO UPDATE SET display_name=excluded.display_name",
+            (row.object_id, row.tenant_id, row.client_id, row.kind, row.display_name, row.created),
+        )
+
+    def principal_delete(self, object_id: str) -> None:
+        self._c.execute("DELETE FROM credentials WHERE object_id = ?", (object_id,))
+        self._c.execute("DELETE FROM principals WHERE object_id = ?", (object_id,))
+
+    def credential_get(self, credential_id: str) -> CredentialRow | None:
+        row = self._one("SELECT * FROM credentials WHERE id = ?", credential_id)
+        return _credential(row) if row else None
+
+    def credential_list(self, object_id: str) -> list[CredentialRow]:
+        return [_credential(r) for r in
+                self._all("SELECT * FROM credentials WHERE object_id = ? ORDER BY created", object_id)]
+
+    def credential_put(self, row: CredentialRow) -> None:
+        self._c.execute(
+            "INSERT INTO credentials(id, object_id, kind, secret_hash, created, expires) VALUES (?,?,?,?,?,?)",
+            (row.id, row.object_id, row.kind, row.secret_hash, row.created, row.expires),
+        )
+
+    def credential_delete(self, credential_id: str) -> None:
+        self._c.execute("DELETE FROM credentials WHERE id = ?", (credential_id,))
+
+    # objects
+    def object_get(self, vault: str, kind: str, name: str) -> ObjectRow | None:
+        row = self._one("SELECT * FROM objects WHERE vault = ? AND kind = ? AND name_key = ?",
+                        vault.lower(), kind, name.lower())
+        return _object(row) if row else None
+
+    def object_put(self, row: ObjectRow) -> None:
+        self._c.execute(
+            "INSERT INTO objects(vault, kind, name_key, name, latest, deleted, purge_at) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT(vault, kind, name_key) DO UPDATE SET latest=excluded.latest, "
+            "deleted=excluded.deleted, purge_at=excluded.purge_at",
+            (row.vault.lower(), row.kind, row.name.lower(), row.name, row.latest, row.deleted, row.purge_at),
+        )
+
+    def object_purge(self, vault: str, kind: str, name: str) -> None:
+        args = (vault.lower(), kind, name.lower())
+        self._c.execute("DELETE FROM versions WHERE vault = ? AND kind = ? AND name_key = ?", args)
+        self._c.execute("DELETE FROM objects WHERE vault = ? AND kind = ? AND name_key = ?", args)
+
+    def object_list(self, vault: str, kind: str, *, deleted: bool, after: str | None,
+                    limit: int) -> list[ObjectRow]:
+        condition = "deleted IS NOT NULL" if deleted else "deleted IS NULL"
+        rows = self._all(
+            f"SELECT * FROM objects WHERE vault = ? AND kind = ? AND {condition} AND name_key > ? "  # noqa: S608
+            "ORDER BY name_key LIMIT ?",
+            vault.lower(), kind, after or "", limit,
+        )
+        return [_object(r) for r in rows]
+
+    def objects_due_for_purge(self, now: int, limit: int) -> list[ObjectRow]:
+        rows = self._all("SELECT * FROM objects WHERE purge_at IS NOT NULL AND purge_at <= ? "
+                         "ORDER BY purge_at LIMIT ?", now, limit)
+        return [_object(r) for r in rows]
+
+    # versions
+    def version_get(self, vault: str, kind: str, name: str, version: str) -> VersionRow | None:
+        row = self._one(f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+                        "WHERE vault = ? AND kind = ? AND name_key = ? AND version = ?",
+                        vault.lower(), kind, name.lower(), version.lower())
+        return _version(row) if row else None
+
+    def version_put(self, row: VersionRow) -> None:
+        key = (row.vault.lower(), row.kind, row.name.lower())
+        existing = self._one("SELECT seq FROM versions WHERE vault = ? AND kind = ? AND name_key = ? "
+                             "AND version = ?", *key, row.version.lower())
+        if existing is None:
+            top = self._one("SELECT COALESCE(MAX(seq), 0) AS top FROM versions "
+                            "WHERE vault = ? AND kind = ? AND name_key = ?", *key)
+            row.seq = (top["top"] if top else 0) + 1
+        else:
+            row.seq = existing["seq"]
+        self._c.execute(
+            "INSERT INTO versions(vault, kind, name_key, name, version, created, updated, enabled, nbf, exp, "
+            "content_type, tags, managed, kid, payload, seq, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(vault, kind, name_key, version) DO UPDATE SET updated=excluded.updated, "
+            "enabled=excluded.enabled, nbf=excluded.nbf, exp=excluded.exp, content_type=excluded.content_type, "
+            "tags=excluded.tags, managed=excluded.managed, kid=excluded.kid, payload=excluded.payload, "
+            "extra=excluded.extra",
+            (*key, row.name, row.version.lower(), row.created, row.updated, int(row.enabled), row.nbf, row.exp,
+             row.content_type, orjson.dumps(row.tags) if row.tags is not None else None, int(row.managed),
+             row.kid, row.payload, row.seq, orjson.dumps(row.extra) if row.extra else None),
+        )
+
+    def version_list(self, vault: str, kind: str, name: str, *, after_seq: int | None,
+                     limit: int) -> list[VersionRow]:
+        rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+                         "WHERE vault = ? AND kind = ? AND name_key = ? AND seq > ? ORDER BY seq LIMIT ?",
+                         vault.lower(), kind, name.lower(), after_seq or 0, limit)
+        return [_version(r) for r in rows]
+
+    def latest_versions(self, vault: str, kind: str, objects: list[ObjectRow]) -> dict[str, VersionRow]:
+        wanted = [(o.name.lower(), o.latest) for o in objects if o.latest]
+        if not wanted:
+            return {}
+        clause = " OR ".join(["(name_key = ? AND version = ?)"] * len(wanted))
+        args: list[Any] = [vault.lower(), kind]
+        for name_key, version in wanted:
+            args += [name_key, version]
+        rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+                         f"WHERE vault = ? AND kind = ? AND ({clause})", *args)
+        return {r["name"].lower(): _version(r) for r in rows}
+
+
+class SqliteStorage(Storage):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def migrate(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(MIGRATIONS)
+
+    @contextmanager
+    def read(self) -> Iterator[Transaction]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
+        try:
+            yield _SqliteTransaction(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
+        finally:
+            conn.execute("ROLLBACK")
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
+        try:
+            yield _SqliteTransaction(conn)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StorageError(str(exc)) from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StorageError(str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    def integrity_check(self) -> list[str]:
+        rows = self._connection().execute("PRAGMA integrity_check").fetchall()
+        return [r[0] for r in rows if r[0] != "ok"]
+
+    def files(self) -> Iterator[str]:
+        for suffix in ("", "-wal", "-shm"):
+            yield str(self.path) + suffix
