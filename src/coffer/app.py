@@ -152,8 +152,14 @@ class Coffer:
             self.barrier.system_put(tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant, "objectId": admin.object_id}))
         self._after_unseal()
         del unseal_key
-        return {"shares": mnemonics, "threshold": threshold, "tenantId": tenant, "clientId": admin.client_id,
-                "clientSecret": issued.secret, "authority": self.authority}
+        return {
+            "shares": mnemonics,
+            "threshold": threshold,
+            "tenantId": tenant,
+            "clientId": admin.client_id,
+            "clientSecret": issued.secret,
+            "authority": self.authority,
+        }
 
     def submit_share(self, share: str) -> SealStatus:
         status = self.barrier.submit_share(share)
@@ -179,8 +185,10 @@ class Coffer:
             _write_private(key_path, unseal_key.hex().encode())
         else:
             if not key_path.exists():
-                raise SystemExit(f"{self.config.data_dir} holds a production installation (no dev unseal key); "
-                                 "start it without --dev and unseal it with `coffer operator unseal`.")
+                raise SystemExit(
+                    f"{self.config.data_dir} holds a production installation (no dev unseal key); "
+                    "start it without --dev and unseal it with `coffer operator unseal`."
+                )
             self.barrier.unseal_with_key(bytes.fromhex(key_path.read_text().strip()))
         self._after_unseal()
         with self.storage.write() as tx:
@@ -194,12 +202,17 @@ class Coffer:
             header = principals.add_secret(tx, identity, principals.IDENTITY_ENDPOINT)
             if tx.vault_get(DEV_VAULT) is None:
                 vault.create(tx, self.barrier, DEV_VAULT, tenant, {})
-            dev = DevIdentity(tenant_id=tenant, client_id=app_principal.client_id,
-                              client_secret=client_secret.secret, identity_header=header.secret,
-                              identity_client_id=identity.client_id)
+            dev = DevIdentity(
+                tenant_id=tenant,
+                client_id=app_principal.client_id,
+                client_secret=client_secret.secret,
+                identity_header=header.secret,
+                identity_client_id=identity.client_id,
+            )
             self.barrier.system_put(tx, _DEV, orjson.dumps(dev.__dict__))
-            self.barrier.system_put(tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant,
-                                                                  "objectId": app_principal.object_id}))
+            self.barrier.system_put(
+                tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant, "objectId": app_principal.object_id})
+            )
         return dev
 
     def write_dev_env(self, dev: DevIdentity, ca_file: Path) -> Path:
@@ -217,7 +230,8 @@ class Coffer:
         }
         path = self.config.data_dir / "dev.env"
         text = "# Coffer development environment: `source` this file. Development only.\n" + "".join(
-            f"export {k}='{v}'\n" for k, v in lines.items())
+            f"export {k}='{v}'\n" for k, v in lines.items()
+        )
         _write_private(path, text.encode())
         return path
 
@@ -230,10 +244,19 @@ class Coffer:
             due = tx.objects_due_for_purge(now, limit)
             for obj in due:
                 tx.object_purge(obj.vault, obj.kind, obj.name)
-                self.audit.write({"operationName": f"{obj.kind.capitalize()}Purge", "resultType": "Success",
-                                  "resultSignature": "NoContent", "identity": {"claim": {"oid": "coffer-scheduler"}},
-                                  "properties": {"vault": obj.vault, "id": f"{self.vault_url(obj.vault)}/"
-                                                 f"deleted{obj.kind}s/{obj.name}", "reason": "retention ended"}})
+                self.audit.write(
+                    {
+                        "operationName": f"{obj.kind.capitalize()}Purge",
+                        "resultType": "Success",
+                        "resultSignature": "NoContent",
+                        "identity": {"claim": {"oid": "coffer-scheduler"}},
+                        "properties": {
+                            "vault": obj.vault,
+                            "id": f"{self.vault_url(obj.vault)}/deleted{obj.kind}s/{obj.name}",
+                            "reason": "retention ended",
+                        },
+                    }
+                )
         return len(due)
 
     def close(self) -> None:

@@ -44,8 +44,9 @@ class Unauthorized(CofferError):
     status = 401
     code = "Unauthorized"
 
-    def __init__(self, message: str = "AKV10000: Request is missing a Bearer or PoP token.", *,
-                 claims_challenge: bool = False) -> None:
+    def __init__(
+        self, message: str = "AKV10000: Request is missing a Bearer or PoP token.", *, claims_challenge: bool = False
+    ) -> None:
         super().__init__(message)
         self.claims_challenge = claims_challenge
 
@@ -84,6 +85,9 @@ class Sealed(CofferError):
     status = 503
     code = "ServiceUnavailable"
 
-    def __init__(self, message: str = "Coffer is sealed. An operator must unseal it "
-                 "(coffer operator unseal) before it serves requests.") -> None:
+    def __init__(
+        self,
+        message: str = "Coffer is sealed. An operator must unseal it "
+        "(coffer operator unseal) before it serves requests.",
+    ) -> None:
         super().__init__(message)

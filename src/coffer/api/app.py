@@ -28,7 +28,10 @@ SERVER_PUBLIC_ROUTES: list[Route] = system.PUBLIC_ROUTES + tokens.ROUTES
 SERVER_ROUTES: list[Route] = system.ROUTES + admin.ROUTES
 
 _SECURITY_HEADERS = {
-    "cache-control": "no-cache", "pragma": "no-cache", "expires": "-1", "x-content-type-options": "nosniff",
+    "cache-control": "no-cache",
+    "pragma": "no-cache",
+    "expires": "-1",
+    "x-content-type-options": "nosniff",
     "strict-transport-security": "max-age=31536000;includeSubDomains",
     "x-ms-keyvault-service-version": "coffer",
 }
@@ -55,8 +58,8 @@ class Api:
 
     async def handle(self, request: Request) -> Response:
         info = RequestInfo(
-            request_uri=str(request.url.path) + (f"?api-version={request.query_params['api-version']}"
-                                                 if "api-version" in request.query_params else ""),
+            request_uri=str(request.url.path)
+            + (f"?api-version={request.query_params['api-version']}" if "api-version" in request.query_params else ""),
             caller_ip=request.client.host if request.client else "",
             correlation_id=request.headers.get("x-ms-client-request-id"),
             api_version=request.query_params.get("api-version"),
@@ -78,24 +81,41 @@ class Api:
             if route is None:
                 caller = self.pipeline.authenticate(request.headers.get("authorization"))
                 route, params = resolve(VAULT_ROUTES if kind == "vault" else SERVER_ROUTES, method, path)
-            api_request = ApiRequest(http=request, params=params, pipeline=self.pipeline, info=info, vault=vault,
-                                     vault_url=self.coffer.vault_url(vault) if vault else self.coffer.authority,
-                                     caller=caller, max_body=self.coffer.config.max_body_bytes, app=self.coffer)
+            api_request = ApiRequest(
+                http=request,
+                params=params,
+                pipeline=self.pipeline,
+                info=info,
+                vault=vault,
+                vault_url=self.coffer.vault_url(vault) if vault else self.coffer.authority,
+                caller=caller,
+                max_body=self.coffer.config.max_body_bytes,
+                app=self.coffer,
+            )
             result: Result = await route.handler(api_request)
             return self._render(result.status, result.body, request, result.headers)
         except CofferError as error:
             return await self._fail(error, request, info, route, vault, caller)
         except (AuditError, StorageError) as error:
             log.error("request failed closed: %s", error)
-            return self._render(500, CofferError("The request could not be completed durably; nothing was "
-                                                 "changed. Try again.").envelope(), request)
+            return self._render(
+                500,
+                CofferError("The request could not be completed durably; nothing was changed. Try again.").envelope(),
+                request,
+            )
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.url.path)
-            return await self._fail(CofferError("An internal error occurred."), request, info, route, vault,
-                                    caller)
+            return await self._fail(CofferError("An internal error occurred."), request, info, route, vault, caller)
 
-    async def _fail(self, error: CofferError, request: Request, info: RequestInfo, route: Route | None,
-                    vault: str | None, caller: Caller | None) -> Response:
+    async def _fail(
+        self,
+        error: CofferError,
+        request: Request,
+        info: RequestInfo,
+        route: Route | None,
+        vault: str | None,
+        caller: Caller | None,
+    ) -> Response:
         headers: dict[str, str] = {}
         if isinstance(error, Unauthorized):
             headers["www-authenticate"] = self._challenge(vault, claims=error.claims_challenge)
@@ -113,8 +133,10 @@ class Api:
         if claims:
             payload = orjson.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(time.time()))}}})
             encoded = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
-            return (f'Bearer realm="", authorization_uri="{authority}/{tenant}/oauth2/authorize", '
-                    f'error="insufficient_claims", claims="{encoded}"')
+            return (
+                f'Bearer realm="", authorization_uri="{authority}/{tenant}/oauth2/authorize", '
+                f'error="insufficient_claims", claims="{encoded}"'
+            )
         return f'Bearer authorization="{authority}/{tenant}", resource="{self.coffer.resource}"'
 
     @staticmethod
@@ -127,8 +149,9 @@ class Api:
             headers.update(extra)
         if status == 204 or body is None:
             return Response(status_code=status, headers=headers)
-        return Response(orjson.dumps(body), status_code=status, headers=headers,
-                        media_type="application/json; charset=utf-8")
+        return Response(
+            orjson.dumps(body), status_code=status, headers=headers, media_type="application/json; charset=utf-8"
+        )
 
 
 __all__ = ["Api", "Sealed"]

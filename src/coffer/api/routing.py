@@ -58,5 +58,4 @@ def resolve(routes: list[Route], method: str, path: str) -> tuple[Route, dict[st
         allowed = True
     if allowed:
         raise MethodNotAllowed(f"The requested method {method} is not allowed for this resource.")
-    raise NotFound("The requested resource was not found. Check the path of the operation.",
-                   code="NotFound")
+    raise NotFound("The requested resource was not found. Check the path of the operation.", code="NotFound")

@@ -49,8 +49,7 @@ def skiptoken(query: Any) -> str | None:
 
 def next_link(vault_url: str, path: str, api_version: str | None, after: str, size: int) -> str:
     token = b64url_encode(after.encode("utf-8"))
-    return (f"{vault_url}{path}?api-version={quote(api_version or '7.4', safe='')}"
-            f"&$skiptoken={token}&maxresults={size}")
+    return f"{vault_url}{path}?api-version={quote(api_version or '7.4', safe='')}&$skiptoken={token}&maxresults={size}"
 
 
 def attributes(secret: Secret, vault: VaultRow) -> dict[str, Any]:
@@ -60,8 +59,12 @@ def attributes(secret: Secret, vault: VaultRow) -> dict[str, Any]:
         result["nbf"] = row.nbf
     if row.exp is not None:
         result["exp"] = row.exp
-    result.update(created=row.created, updated=row.updated, recoverableDays=vault.retention_days,
-                  recoveryLevel=rules.recovery_level(vault))
+    result.update(
+        created=row.created,
+        updated=row.updated,
+        recoverableDays=vault.retention_days,
+        recoveryLevel=rules.recovery_level(vault),
+    )
     return result
 
 
@@ -74,8 +77,9 @@ def secret_id(vault_url: str, secret: Secret, *, versioned: bool = True) -> str:
     return f"{base}/{secret.row.version}" if versioned else base
 
 
-def secret_bundle(secret: Secret, vault: VaultRow, vault_url: str, api_version: str | None,
-                  *, with_value: bool) -> dict[str, Any]:
+def secret_bundle(
+    secret: Secret, vault: VaultRow, vault_url: str, api_version: str | None, *, with_value: bool
+) -> dict[str, Any]:
     row = secret.row
     body: dict[str, Any] = {}
     if with_value and secret.value is not None:
@@ -98,8 +102,10 @@ def secret_bundle(secret: Secret, vault: VaultRow, vault_url: str, api_version: 
 
 def secret_item(secret: Secret, vault: VaultRow, vault_url: str, *, versioned: bool) -> dict[str, Any]:
     row = secret.row
-    item: dict[str, Any] = {"id": secret_id(vault_url, secret, versioned=versioned),
-                            "attributes": attributes(secret, vault)}
+    item: dict[str, Any] = {
+        "id": secret_id(vault_url, secret, versioned=versioned),
+        "attributes": attributes(secret, vault),
+    }
     if row.tags is not None:
         item["tags"] = row.tags
     if row.content_type is not None:
@@ -110,5 +116,8 @@ def secret_item(secret: Secret, vault: VaultRow, vault_url: str, *, versioned: b
 
 
 def deleted_fields(secret: Secret, vault_url: str) -> dict[str, Any]:
-    return {"recoveryId": f"{vault_url}/deletedsecrets/{secret.obj.name}",
-            "deletedDate": secret.obj.deleted, "scheduledPurgeDate": secret.obj.purge_at}
+    return {
+        "recoveryId": f"{vault_url}/deletedsecrets/{secret.obj.name}",
+        "deletedDate": secret.obj.deleted,
+        "scheduledPurgeDate": secret.obj.purge_at,
+    }

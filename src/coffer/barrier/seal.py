@@ -34,8 +34,13 @@ class SealStatus:
     progress: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"initialized": self.initialized, "sealed": self.sealed, "shares": self.shares,
-                "threshold": self.threshold, "progress": self.progress}
+        return {
+            "initialized": self.initialized,
+            "sealed": self.sealed,
+            "shares": self.shares,
+            "threshold": self.threshold,
+            "progress": self.progress,
+        }
 
 
 class Barrier:
@@ -57,8 +62,7 @@ class Barrier:
         config = self._config()
         if config is None:
             return SealStatus(False, True, 0, 0, 0)
-        return SealStatus(True, self._root is None, config["shares"], config["threshold"],
-                          len(self._pending_shares))
+        return SealStatus(True, self._root is None, config["shares"], config["threshold"], len(self._pending_shares))
 
     @property
     def sealed(self) -> bool:
@@ -88,8 +92,7 @@ class Barrier:
         try:
             root = envelope.open(unseal_key, sealed_root, envelope.aad("root-key"))
         except envelope.DecryptionFailed:
-            raise BadParameter("The unseal key is not valid for this installation.",
-                               code="InvalidUnsealKey") from None
+            raise BadParameter("The unseal key is not valid for this installation.", code="InvalidUnsealKey") from None
         backup = envelope.open(root, sealed_backup, envelope.aad("backup-key"))
         with self._lock:
             self._root, self._backup = root, backup
@@ -111,8 +114,9 @@ class Barrier:
             except shamir.InvalidShares as exc:
                 with self._lock:
                     self._pending_shares.clear()
-                raise BadParameter(f"The unseal shares do not combine: {exc}. Progress was reset.",
-                                   code="InvalidUnsealKey") from None
+                raise BadParameter(
+                    f"The unseal shares do not combine: {exc}. Progress was reset.", code="InvalidUnsealKey"
+                ) from None
             try:
                 self.unseal_with_key(unseal_key)
             finally:
@@ -149,8 +153,7 @@ class Barrier:
     # --- vault data keys --------------------------------------------------------------------
     def new_vault_key(self, vault: str, term: int = 1) -> bytes:
         """A fresh data key for `vault`, returned sealed by the root key (for VaultRow.wrapped_key)."""
-        return envelope.seal(self._root_key(), envelope.new_key(), envelope.aad("vault-key", vault.lower()),
-                             term=term)
+        return envelope.seal(self._root_key(), envelope.new_key(), envelope.aad("vault-key", vault.lower()), term=term)
 
     def vault_key(self, vault: VaultRow) -> bytes:
         cache_key = (vault.name.lower(), vault.key_term, vault.wrapped_key)

@@ -23,15 +23,21 @@ def _dev_env(data_dir: Path) -> dict[str, str]:
     if path.exists():
         for line in path.read_text().splitlines():
             if line.startswith("export ") and "=" in line:
-                key, _, value = line[len("export "):].partition("=")
+                key, _, value = line[len("export ") :].partition("=")
                 values[key] = shlex.split(value)[0] if value else ""
     return values
 
 
 class CofferClient:
-    def __init__(self, addr: str | None = None, ca_cert: str | None = None, data_dir: Path = Path(".coffer"),
-                 tenant_id: str | None = None, client_id: str | None = None,
-                 client_secret: str | None = None) -> None:
+    def __init__(
+        self,
+        addr: str | None = None,
+        ca_cert: str | None = None,
+        data_dir: Path = Path(".coffer"),
+        tenant_id: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+    ) -> None:
         env = {**_dev_env(data_dir), **os.environ}
         self.addr = (addr or env.get("COFFER_ADDR") or "https://localhost:8443").rstrip("/")
         verify: Any = ca_cert or env.get("COFFER_CACERT") or env.get("REQUESTS_CA_BUNDLE") or True
@@ -57,11 +63,22 @@ class CofferClient:
     def token(self) -> str:
         if self._token is None:
             if not (self.tenant_id and self.client_id and self.client_secret):
-                raise ClientError(0, "NoCredentials", "Set COFFER_TENANT_ID, COFFER_CLIENT_ID and "
-                                  "COFFER_CLIENT_SECRET (or source dev.env).")
-            body = self._check(self.http.post(f"{self.addr}/{self.tenant_id}/oauth2/v2.0/token", data={
-                "grant_type": "client_credentials", "client_id": self.client_id,
-                "client_secret": self.client_secret, "scope": f"{self.addr}/.default"}))
+                raise ClientError(
+                    0,
+                    "NoCredentials",
+                    "Set COFFER_TENANT_ID, COFFER_CLIENT_ID and COFFER_CLIENT_SECRET (or source dev.env).",
+                )
+            body = self._check(
+                self.http.post(
+                    f"{self.addr}/{self.tenant_id}/oauth2/v2.0/token",
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_id": self.client_id,
+                        "client_secret": self.client_secret,
+                        "scope": f"{self.addr}/.default",
+                    },
+                )
+            )
             self._token = str(body["access_token"])
         return self._token
 

@@ -12,8 +12,11 @@ from rich.table import Table
 from coffer import __version__
 from coffer.cli.client import ClientError, CofferClient
 
-app = typer.Typer(help="Coffer: secrets, keys and certificates behind the Azure Key Vault API.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Coffer: secrets, keys and certificates behind the Azure Key Vault API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 operator = typer.Typer(help="Initialise, unseal and seal a server.", no_args_is_help=True)
 vault_app = typer.Typer(help="Manage vaults (one per environment is the recommended pattern).", no_args_is_help=True)
 app.add_typer(operator, name="operator")
@@ -43,7 +46,9 @@ def version() -> None:
 
 @app.command()
 def server(
-    dev: Annotated[bool, typer.Option("--dev", help="Development mode: auto-unseal, dev vault and identities.")] = False,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Development mode: auto-unseal, dev vault and identities.")
+    ] = False,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory [default ./.coffer]")] = None,
     port: Annotated[int | None, typer.Option(help="HTTPS port; 0 picks a free one [default 8443]")] = None,
     bind: Annotated[str | None, typer.Option(help="Address to listen on [default 127.0.0.1]")] = None,
@@ -59,20 +64,33 @@ def server(
     if (tls_cert is None) != (tls_key is None):
         err.print("[red]error:[/red] --tls-cert and --tls-key go together")
         raise typer.Exit(2)
-    serve(from_environment(dev=dev or None, data_dir=data_dir, port=port, bind=bind, dns_suffix=dns_suffix,
-                           public_port=public_port, tls_cert=tls_cert, tls_key=tls_key))
+    serve(
+        from_environment(
+            dev=dev or None,
+            data_dir=data_dir,
+            port=port,
+            bind=bind,
+            dns_suffix=dns_suffix,
+            public_port=public_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    )
 
 
 @operator.command("init")
 def operator_init(
     shares: Annotated[int, typer.Option(help="Number of unseal key shares")] = 5,
     threshold: Annotated[int, typer.Option(help="Shares needed to unseal")] = 3,
-    addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir = Path(".coffer"),
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
 ) -> None:
     """Initialise a new server: print the unseal shares and the bootstrap administrator, once."""
     try:
-        result = _client(addr, ca_cert, data_dir).call("POST", "/v1/sys/init",
-                                                       {"shares": shares, "threshold": threshold}, auth=False)
+        result = _client(addr, ca_cert, data_dir).call(
+            "POST", "/v1/sys/init", {"shares": shares, "threshold": threshold}, auth=False
+        )
     except ClientError as error:
         _fail(error)
         return
@@ -80,15 +98,19 @@ def operator_init(
         console.print(f"Unseal share {index}: {share}")
     console.print(f"\nThreshold: {result['threshold']} of {len(result['shares'])} shares unseal the server.")
     console.print("Bootstrap administrator (store it safely; it is not shown again):")
-    console.print(f"  COFFER_TENANT_ID={result['tenantId']}\n  COFFER_CLIENT_ID={result['clientId']}\n"
-                  f"  COFFER_CLIENT_SECRET={result['clientSecret']}")
+    console.print(
+        f"  COFFER_TENANT_ID={result['tenantId']}\n  COFFER_CLIENT_ID={result['clientId']}\n"
+        f"  COFFER_CLIENT_SECRET={result['clientSecret']}"
+    )
     console.print("[yellow]Give each share to a different person; Coffer does not keep them.[/yellow]")
 
 
 @operator.command("unseal")
 def operator_unseal(
     share: Annotated[str | None, typer.Argument(help="One share; prompted (hidden) when omitted")] = None,
-    addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir = Path(".coffer"),
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
 ) -> None:
     """Submit one unseal share; repeat until the threshold is reached."""
     if share is None:
@@ -122,15 +144,23 @@ def operator_seal(addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir =
 
 def _print_status(status: dict[str, Any]) -> None:
     state = "sealed" if status["sealed"] else "unsealed"
-    console.print(f"initialized: {status['initialized']}  state: {state}  "
-                  f"progress: {status['progress']}/{status['threshold']}  shares: {status['shares']}")
+    console.print(
+        f"initialized: {status['initialized']}  state: {state}  "
+        f"progress: {status['progress']}/{status['threshold']}  shares: {status['shares']}"
+    )
 
 
 def _vault_table(vaults: list[dict[str, Any]]) -> None:
     table = Table("name", "url", "sku", "retention days", "purge protection", "recovery level")
     for v in vaults:
-        table.add_row(v["name"], v["vaultUri"], v["sku"], str(v["softDeleteRetentionInDays"]),
-                      str(v["enablePurgeProtection"]), v["recoveryLevel"])
+        table.add_row(
+            v["name"],
+            v["vaultUri"],
+            v["sku"],
+            str(v["softDeleteRetentionInDays"]),
+            str(v["enablePurgeProtection"]),
+            v["recoveryLevel"],
+        )
     console.print(table)
 
 
@@ -140,7 +170,9 @@ def vault_create(
     retention_days: Annotated[int, typer.Option(help="Soft-delete retention, 7-90 days")] = 90,
     purge_protection: Annotated[bool, typer.Option(help="Irreversible: no purge before retention ends")] = False,
     sku: Annotated[str, typer.Option(help="standard or premium (HSM keys)")] = "standard",
-    addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir = Path(".coffer"),
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
 ) -> None:
     """Create a vault."""
     try:
@@ -174,7 +206,9 @@ def vault_update(
     retention_days: Annotated[int | None, typer.Option(help="Soft-delete retention, 7-90 days")] = None,
     purge_protection: Annotated[bool | None, typer.Option("--purge-protection", help="Enable (irreversible)")] = None,
     sku: Annotated[str | None, typer.Option(help="standard or premium")] = None,
-    addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir = Path(".coffer"),
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
 ) -> None:
     """Change a vault's settings."""
     body: dict[str, Any] = {}
@@ -194,7 +228,9 @@ def vault_update(
 def vault_delete(
     name: str,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
-    addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir = Path(".coffer"),
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
 ) -> None:
     """Delete a vault and everything in it (refused under purge protection while it holds objects)."""
     if not yes:

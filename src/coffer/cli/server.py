@@ -25,14 +25,27 @@ DEV_BANNER = """\
 =============================================================================="""
 
 
-def _bind(config: Config) -> socket.socket:
-    family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.bind, config.port))
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
     sock.listen(1024)
-    sock.set_inheritable(True)
     return sock
+
+
+def _bind(config: Config) -> list[socket.socket]:
+    """Listen on the configured address; on loopback also on ::1, because resolvers map *.localhost
+    to both 127.0.0.1 and ::1 and clients try ::1 first."""
+    sockets = [_listen(config.bind, config.port)]
+    if config.bind == "127.0.0.1":
+        try:
+            sockets.append(_listen("::1", sockets[0].getsockname()[1]))
+        except OSError:
+            log.info("IPv6 loopback unavailable; listening on 127.0.0.1 only")
+    return sockets
 
 
 async def _purge_loop(coffer: Coffer) -> None:
@@ -53,10 +66,9 @@ async def _announce(server: uvicorn.Server, lines: list[str]) -> None:
 
 
 def serve(config: Config) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    sock = _bind(config)
-    config = config.with_port(sock.getsockname()[1])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    sockets = _bind(config)
+    config = config.with_port(sockets[0].getsockname()[1])
     coffer = Coffer(config)
     lines: list[str] = []
     if config.dev:
@@ -71,16 +83,27 @@ def serve(config: Config) -> None:
         status = coffer.barrier.status()
         lines.append(f"Coffer ready at {coffer.authority}")
         if not status.initialized:
-            lines.append(f"Not initialized: run `coffer operator init --addr {coffer.authority} "
-                         f"--ca-cert {files.ca_cert}`")
+            lines.append(
+                f"Not initialized: run `coffer operator init --addr {coffer.authority} --ca-cert {files.ca_cert}`"
+            )
         else:
-            lines.append(f"Sealed: run `coffer operator unseal --addr {coffer.authority}` "
-                         f"({status.threshold} of {status.shares} shares)")
+            lines.append(
+                f"Sealed: run `coffer operator unseal --addr {coffer.authority}` "
+                f"({status.threshold} of {status.shares} shares)"
+            )
     lines.append(f"CA certificate: {files.ca_cert} (sha256 {tls.fingerprint_sha256(files.ca_cert)})")
 
-    uv_config = uvicorn.Config(coffer.api, ssl_certfile=str(files.cert), ssl_keyfile=str(files.key),
-                               log_level="warning", access_log=False, lifespan="off", server_header=False,
-                               date_header=True, timeout_keep_alive=30)
+    uv_config = uvicorn.Config(
+        coffer.api,
+        ssl_certfile=str(files.cert),
+        ssl_keyfile=str(files.key),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        date_header=True,
+        timeout_keep_alive=30,
+    )
     uv_config.load()
 
     def reload_certificate(new: tls.TlsFiles) -> None:
@@ -94,7 +117,7 @@ def serve(config: Config) -> None:
         purge = asyncio.create_task(_purge_loop(coffer))
         announce = asyncio.create_task(_announce(server, lines))
         try:
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=sockets)
         finally:
             purge.cancel()
             announce.cancel()

@@ -2,7 +2,7 @@
 
     edge (api)        parse host and route; answer 401 before reading any body
     authenticate      bearer token → Caller                         (TokenService.verify)
-    authorize         Caller × data action × scope → allow / 403     (authz.authorize)
+    authorize         Caller, data action, scope → allow / 403     (authz.authorize)
     execute           the operation's handler inside one storage transaction, through the barrier
     audit             the record is made durable before the transaction commits; if audit fails, the
                       transaction rolls back and the request fails (fail closed)
@@ -30,10 +30,22 @@ from coffer.storage import Storage, Transaction, VaultRow
 
 log = logging.getLogger("coffer.pipeline")
 
-_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "NoContent", 400: "BadRequest",
-            401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
-            413: "RequestEntityTooLarge", 429: "TooManyRequests", 500: "InternalServerError",
-            503: "ServiceUnavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "NoContent",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "RequestEntityTooLarge",
+    429: "TooManyRequests",
+    500: "InternalServerError",
+    503: "ServiceUnavailable",
+}
 
 
 @dataclass
@@ -112,12 +124,21 @@ class Pipeline:
             self.audit.write(self._record(op.name, op.vault, caller, info, result.status, result.object_id))
         return result
 
-    def audit_failure(self, name: str, vault: str | None, caller: Caller | None, info: RequestInfo,
-                      error: CofferError) -> None:
+    def audit_failure(
+        self, name: str, vault: str | None, caller: Caller | None, info: RequestInfo, error: CofferError
+    ) -> None:
         self.audit.write(self._record(name, vault, caller, info, error.status, None, error.message))
 
-    def _record(self, name: str, vault: str | None, caller: Caller | None, info: RequestInfo, status: int,
-                object_id: str | None, description: str | None = None) -> dict[str, Any]:
+    def _record(
+        self,
+        name: str,
+        vault: str | None,
+        caller: Caller | None,
+        info: RequestInfo,
+        status: int,
+        object_id: str | None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {
             "operationName": name,
             "operationVersion": info.api_version,
@@ -127,8 +148,13 @@ class Pipeline:
             "callerIpAddress": info.caller_ip,
             "correlationId": info.correlation_id,
             "identity": caller.audit_identity() if caller else None,
-            "properties": {"clientInfo": info.client_info, "requestUri": info.request_uri,
-                           "httpStatusCode": status, "vault": vault, "id": object_id},
+            "properties": {
+                "clientInfo": info.client_info,
+                "requestUri": info.request_uri,
+                "httpStatusCode": status,
+                "vault": vault,
+                "id": object_id,
+            },
         }
         if description:
             record["resultDescription"] = description

@@ -49,9 +49,7 @@ def ensure_local_tls(directory: Path, hostnames: list[str], ip_addresses: list[s
     names = list(dict.fromkeys(name.lower() for name in hostnames))
     ips = list(dict.fromkeys(ipaddress.ip_address(address) for address in ip_addresses))
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files = TlsFiles(
-        ca_cert=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key"
-    )
+    files = TlsFiles(ca_cert=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
     with _locked(directory):
         ca = _load_ca(directory / "ca.key", files.ca_cert)
         fresh_ca = ca is None
@@ -105,9 +103,7 @@ def _create_ca(key_path: Path, cert_path: Path) -> tuple[_IssuerKey, x509.Certif
     return key, cert
 
 
-def _server_is_current(
-    files: TlsFiles, ca_cert: x509.Certificate, names: list[str], ips: list[_IpAddress]
-) -> bool:
+def _server_is_current(files: TlsFiles, ca_cert: x509.Certificate, names: list[str], ips: list[_IpAddress]) -> bool:
     if not (files.cert.exists() and files.key.exists()):
         return False
     try:
@@ -144,9 +140,7 @@ def _issue_server(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write(files.key, _private_pem(key), 0o600)

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import orjson
 
+from coffer.clock import now
 from coffer.crypto import passwords
 from coffer.errors import NotFound
-from coffer.clock import now
 from coffer.storage import CredentialRow, PrincipalRow, Transaction
 
 APPLICATION = "application"
 MANAGED_IDENTITY = "managedIdentity"
-CLIENT_SECRET = "clientSecret"
+CLIENT_SECRET = "clientSecret"  # noqa: S105 (a credential kind, not a secret)
 IDENTITY_ENDPOINT = "identityEndpoint"
 _DUMMY_HASH = passwords.hash_secret("coffer-dummy-secret")
 
@@ -44,8 +44,14 @@ def tenant_exists(tx: Transaction, tenant_id: str) -> bool:
 def create_principal(tx: Transaction, tenant_id: str, display_name: str, kind: str) -> PrincipalRow:
     if not tenant_exists(tx, tenant_id):
         raise NotFound(f"Tenant {tenant_id} was not found.", code="TenantNotFound")
-    row = PrincipalRow(object_id=str(uuid.uuid4()), tenant_id=tenant_id, client_id=str(uuid.uuid4()),
-                       kind=kind, display_name=display_name, created=now())
+    row = PrincipalRow(
+        object_id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        client_id=str(uuid.uuid4()),
+        kind=kind,
+        display_name=display_name,
+        created=now(),
+    )
     tx.principal_put(row)
     return row
 
@@ -55,8 +61,16 @@ def add_secret(tx: Transaction, principal: PrincipalRow, kind: str, lifetime: in
     secret = passwords.random_secret()
     created = now()
     expires = created + lifetime if lifetime else None
-    tx.credential_put(CredentialRow(id=credential_id, object_id=principal.object_id, kind=kind,
-                                    secret_hash=passwords.hash_secret(secret), created=created, expires=expires))
+    tx.credential_put(
+        CredentialRow(
+            id=credential_id,
+            object_id=principal.object_id,
+            kind=kind,
+            secret_hash=passwords.hash_secret(secret),
+            created=created,
+            expires=expires,
+        )
+    )
     if kind == IDENTITY_ENDPOINT:
         secret = f"{credential_id}.{secret}"
     return IssuedSecret(credential_id, secret, expires)
@@ -68,8 +82,7 @@ def _valid(credential: CredentialRow, kind: str, secret: str) -> bool:
     return passwords.verify_secret(secret, credential.secret_hash)
 
 
-def authenticate_client_secret(tx: Transaction, tenant_id: str, client_id: str,
-                               secret: str) -> PrincipalRow | None:
+def authenticate_client_secret(tx: Transaction, tenant_id: str, client_id: str, secret: str) -> PrincipalRow | None:
     principal = tx.principal_by_client_id(tenant_id, client_id)
     if principal is None:
         passwords.verify_secret(secret, _DUMMY_HASH)  # same cost whether or not the client exists

@@ -31,10 +31,15 @@ class Caller:
     expires: int
 
     def audit_identity(self) -> dict[str, Any]:
-        return {"claim": {
-            "http://schemas.microsoft.com/identity/claims/objectidentifier": self.object_id,
-            "oid": self.object_id, "appid": self.client_id, "tid": self.tenant_id, "idtyp": "app",
-        }}
+        return {
+            "claim": {
+                "http://schemas.microsoft.com/identity/claims/objectidentifier": self.object_id,
+                "oid": self.object_id,
+                "appid": self.client_id,
+                "tid": self.tenant_id,
+                "idtyp": "app",
+            }
+        }
 
 
 class TokenService:
@@ -68,16 +73,26 @@ class TokenService:
             return {"keys": []}
         return {"keys": [signing.public_jwk(self._private_pem, self.kid)]}
 
-    def issue(self, *, object_id: str, tenant_id: str, client_id: str, kind: str,
-              audience: str) -> tuple[str, int]:
+    def issue(self, *, object_id: str, tenant_id: str, client_id: str, kind: str, audience: str) -> tuple[str, int]:
         if self._private_pem is None:
             raise RuntimeError("token signing key not loaded")
         now = int(time.time())
         expires = now + self.lifetime
         claims = {
-            "aud": audience.rstrip("/"), "iss": self.issuer(tenant_id), "iat": now, "nbf": now, "exp": expires,
-            "sub": object_id, "oid": object_id, "tid": tenant_id, "appid": client_id, "azp": client_id,
-            "idtyp": "app", "ver": "2.0", "uti": uuid.uuid4().hex, "coffer_kind": kind,
+            "aud": audience.rstrip("/"),
+            "iss": self.issuer(tenant_id),
+            "iat": now,
+            "nbf": now,
+            "exp": expires,
+            "sub": object_id,
+            "oid": object_id,
+            "tid": tenant_id,
+            "appid": client_id,
+            "azp": client_id,
+            "idtyp": "app",
+            "ver": "2.0",
+            "uti": uuid.uuid4().hex,
+            "coffer_kind": kind,
         }
         token = jwt.encode(claims, self._private_pem, algorithm="RS256", headers={"kid": self.kid})
         return token, expires
@@ -93,10 +108,13 @@ class TokenService:
         try:
             header = jwt.get_unverified_header(token)
             if header.get("alg") not in ALGORITHMS or header.get("kid") != self.kid:
-                raise Unauthorized("AKV10032: Invalid token: unknown signing key or algorithm.",
-                                   claims_challenge=True)
+                raise Unauthorized("AKV10032: Invalid token: unknown signing key or algorithm.", claims_challenge=True)
             claims = jwt.decode(
-                token, self._public_key, algorithms=ALGORITHMS, audience=self.audience, leeway=60,
+                token,
+                self._public_key,
+                algorithms=ALGORITHMS,
+                audience=self.audience,
+                leeway=60,
                 options={"require": ["exp", "iat", "nbf", "iss", "aud", "tid", "oid"]},
             )
         except jwt.ExpiredSignatureError:
@@ -108,8 +126,13 @@ class TokenService:
         tenant = str(claims["tid"])
         if claims["iss"] != self.issuer(tenant):
             raise Unauthorized("AKV10032: Invalid issuer.", claims_challenge=True)
-        caller = Caller(object_id=str(claims["oid"]), tenant_id=tenant, client_id=str(claims.get("appid", "")),
-                        kind=str(claims.get("coffer_kind", "app")), expires=int(claims["exp"]))
+        caller = Caller(
+            object_id=str(claims["oid"]),
+            tenant_id=tenant,
+            client_id=str(claims.get("appid", "")),
+            kind=str(claims.get("coffer_kind", "app")),
+            expires=int(claims["exp"]),
+        )
         with self._lock:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()

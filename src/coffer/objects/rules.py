@@ -6,7 +6,6 @@ import re
 import uuid
 from typing import Any
 
-from coffer.clock import now
 from coffer.errors import BadParameter
 from coffer.storage import VaultRow
 

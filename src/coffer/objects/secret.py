@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from coffer.barrier import VaultView
+from coffer.clock import now
 from coffer.crypto import envelope
 from coffer.errors import BadParameter, Conflict, Forbidden, NotFound
 from coffer.objects import rules
@@ -58,8 +59,9 @@ def _open_value(view: VaultView, row: VersionRow) -> str:
     return view.open(KIND, row.name, row.version, "value", row.payload).decode("utf-8")
 
 
-def set(view: VaultView, name: str, value: Any, *, content_type: Any = None, tags: Any = None,
-        attributes: Any = None) -> Secret:
+def set(
+    view: VaultView, name: str, value: Any, *, content_type: Any = None, tags: Any = None, attributes: Any = None
+) -> Secret:
     rules.check_name(name)
     if not isinstance(value, str):
         raise BadParameter("Property value is required and must be a string.")
@@ -80,11 +82,19 @@ def set(view: VaultView, name: str, value: Any, *, content_type: Any = None, tag
         obj = ObjectRow(vault=view.name, kind=KIND, name=name)
     previous = obj.latest
     version = rules.new_version()
-    now = rules.now()
+    stamp = now()
     row = VersionRow(
-        vault=view.name, kind=KIND, name=obj.name, version=version, created=now, updated=now,
-        enabled=attrs.get("enabled", True), nbf=attrs.get("nbf"), exp=attrs.get("exp"),
-        content_type=content_type, tags=tags,
+        vault=view.name,
+        kind=KIND,
+        name=obj.name,
+        version=version,
+        created=stamp,
+        updated=stamp,
+        enabled=attrs.get("enabled", True),
+        nbf=attrs.get("nbf"),
+        exp=attrs.get("exp"),
+        content_type=content_type,
+        tags=tags,
         payload=view.seal(KIND, obj.name, version, "value", encoded),
         extra={"previousVersion": previous} if previous else {},
     )
@@ -103,8 +113,16 @@ def get(view: VaultView, name: str, version: str | None) -> Secret:
     return Secret(obj, row, _open_value(view, row))
 
 
-def update(view: VaultView, name: str, version: str | None, *, content_type: Any = None,
-           tags: Any = None, attributes: Any = None, fields: frozenset[str] = frozenset()) -> Secret:
+def update(
+    view: VaultView,
+    name: str,
+    version: str | None,
+    *,
+    content_type: Any = None,
+    tags: Any = None,
+    attributes: Any = None,
+    fields: frozenset[str] = frozenset(),
+) -> Secret:
     """Change properties; only the fields present in the request body (`fields`) are touched."""
     rules.check_name(name)
     obj = _live(view, name)
@@ -118,7 +136,7 @@ def update(view: VaultView, name: str, version: str | None, *, content_type: Any
         setattr(row, key, value)
     if row.nbf is not None and row.exp is not None and row.nbf > row.exp:
         raise BadParameter("Property attributes has invalid value: nbf must not be later than exp.")
-    row.updated = rules.now()
+    row.updated = now()
     view.version_put(row)
     return Secret(obj, row)
 
@@ -127,9 +145,9 @@ def delete(view: VaultView, name: str) -> Secret:
     rules.check_name(name)
     obj = _live(view, name)
     row = _version(view, obj, None)
-    now = rules.now()
-    obj.deleted = now
-    obj.purge_at = now + view.vault.retention_days * rules.DAY
+    stamp = now()
+    obj.deleted = stamp
+    obj.purge_at = stamp + view.vault.retention_days * rules.DAY
     view.object_put(obj)
     return Secret(obj, row)
 
@@ -184,11 +202,25 @@ def backup(view: VaultView, name: str) -> bytes:
     if len(rows) > MAX_BACKUP_VERSIONS:
         raise BadParameter(f"Backup of a secret with more than {MAX_BACKUP_VERSIONS} versions is not supported.")
     document = {
-        "format": _BACKUP_FORMAT, "kind": KIND, "name": obj.name, "latest": obj.latest,
+        "format": _BACKUP_FORMAT,
+        "kind": KIND,
+        "name": obj.name,
+        "latest": obj.latest,
         "versions": [
-            {"version": r.version, "created": r.created, "updated": r.updated, "enabled": r.enabled,
-             "nbf": r.nbf, "exp": r.exp, "contentType": r.content_type, "tags": r.tags, "managed": r.managed,
-             "kid": r.kid, "extra": r.extra, "value": _open_value(view, r)}
+            {
+                "version": r.version,
+                "created": r.created,
+                "updated": r.updated,
+                "enabled": r.enabled,
+                "nbf": r.nbf,
+                "exp": r.exp,
+                "contentType": r.content_type,
+                "tags": r.tags,
+                "managed": r.managed,
+                "kid": r.kid,
+                "extra": r.extra,
+                "value": _open_value(view, r),
+            }
             for r in rows
         ],
     }
@@ -204,8 +236,10 @@ def restore(view: VaultView, blob: bytes) -> Secret:
         if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND or not versions:
             raise ValueError("unexpected backup document")
     except (envelope.DecryptionFailed, ValueError, KeyError, TypeError):
-        raise BadParameter("Backup blob contains invalid data. It may have been made by another installation "
-                           "or altered.", code="BadParameter") from None
+        raise BadParameter(
+            "Backup blob contains invalid data. It may have been made by another installation or altered.",
+            code="BadParameter",
+        ) from None
     existing = view.object_get(KIND, name)
     if existing is not None:
         raise Conflict(
@@ -218,10 +252,20 @@ def restore(view: VaultView, blob: bytes) -> Secret:
     for item in versions:
         version = str(item["version"])
         row = VersionRow(
-            vault=view.name, kind=KIND, name=name, version=version, created=item["created"],
-            updated=item["updated"], enabled=bool(item["enabled"]), nbf=item["nbf"], exp=item["exp"],
-            content_type=item["contentType"], tags=item["tags"], managed=bool(item["managed"]),
-            kid=item["kid"], extra=item.get("extra") or {},
+            vault=view.name,
+            kind=KIND,
+            name=name,
+            version=version,
+            created=item["created"],
+            updated=item["updated"],
+            enabled=bool(item["enabled"]),
+            nbf=item["nbf"],
+            exp=item["exp"],
+            content_type=item["contentType"],
+            tags=item["tags"],
+            managed=bool(item["managed"]),
+            kid=item["kid"],
+            extra=item.get("extra") or {},
             payload=view.seal(KIND, name, version, "value", str(item["value"]).encode("utf-8")),
         )
         view.version_put(row)

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from coffer.barrier import Barrier
+from coffer.clock import now
 from coffer.errors import BadParameter, Conflict, NotFound
 from coffer.objects import rules
 from coffer.storage import Transaction, VaultRow
@@ -32,10 +33,17 @@ def _retention(value: Any) -> int:
 
 def as_dict(vault: VaultRow, vault_url: str) -> dict[str, Any]:
     return {
-        "name": vault.name, "vaultUri": vault_url, "tenantId": vault.tenant_id, "sku": vault.sku,
-        "softDeleteRetentionInDays": vault.retention_days, "enablePurgeProtection": vault.purge_protection,
-        "enableSoftDelete": True, "enableRbacAuthorization": vault.rbac_authorization,
-        "recoveryLevel": rules.recovery_level(vault), "created": vault.created, "updated": vault.updated,
+        "name": vault.name,
+        "vaultUri": vault_url,
+        "tenantId": vault.tenant_id,
+        "sku": vault.sku,
+        "softDeleteRetentionInDays": vault.retention_days,
+        "enablePurgeProtection": vault.purge_protection,
+        "enableSoftDelete": True,
+        "enableRbacAuthorization": vault.rbac_authorization,
+        "recoveryLevel": rules.recovery_level(vault),
+        "created": vault.created,
+        "updated": vault.updated,
     }
 
 
@@ -56,11 +64,17 @@ def create(tx: Transaction, barrier: Barrier, name: str, tenant_id: str, body: d
     purge_protection = body.get("enablePurgeProtection", False)
     if not isinstance(purge_protection, bool):
         raise BadParameter("enablePurgeProtection must be a boolean.")
-    now = rules.now()
+    stamp = now()
     vault = VaultRow(
-        name=name, tenant_id=tenant_id, created=now, updated=now,
+        name=name,
+        tenant_id=tenant_id,
+        created=stamp,
+        updated=stamp,
         retention_days=_retention(body.get("softDeleteRetentionInDays", 90)),
-        purge_protection=purge_protection, sku=sku, wrapped_key=barrier.new_vault_key(name), key_term=1,
+        purge_protection=purge_protection,
+        sku=sku,
+        wrapped_key=barrier.new_vault_key(name),
+        key_term=1,
     )
     tx.vault_put(vault)
     return vault
@@ -71,8 +85,10 @@ def update(tx: Transaction, name: str, body: dict[str, Any]) -> VaultRow:
     if "enablePurgeProtection" in body:
         value = body["enablePurgeProtection"]
         if value is not True and not (value is False and not vault.purge_protection):
-            raise BadParameter('The property "enablePurgeProtection" cannot be set to false. Enabling the purge '
-                               "protection for a vault is an irreversible action.")
+            raise BadParameter(
+                'The property "enablePurgeProtection" cannot be set to false. Enabling the purge '
+                "protection for a vault is an irreversible action."
+            )
         vault.purge_protection = value
     if "softDeleteRetentionInDays" in body:
         vault.retention_days = _retention(body["softDeleteRetentionInDays"])
@@ -80,7 +96,7 @@ def update(tx: Transaction, name: str, body: dict[str, Any]) -> VaultRow:
         if body["sku"] not in SKUS:
             raise BadParameter("sku must be 'standard' or 'premium'.", code="SkuNotSupported")
         vault.sku = body["sku"]
-    vault.updated = rules.now()
+    vault.updated = now()
     tx.vault_put(vault)
     return vault
 

@@ -134,9 +134,7 @@ class Transaction(ABC):
         """Remove the object and all its versions for good."""
 
     @abstractmethod
-    def object_list(
-        self, vault: str, kind: str, *, deleted: bool, after: str | None, limit: int
-    ) -> list[ObjectRow]:
+    def object_list(self, vault: str, kind: str, *, deleted: bool, after: str | None, limit: int) -> list[ObjectRow]:
         """Objects ordered by lower-cased name, strictly after `after` (a lower-cased name)."""
 
     @abstractmethod
@@ -149,9 +147,7 @@ class Transaction(ABC):
         """Insert or update a version; a new version gets the next `seq` of its object."""
 
     @abstractmethod
-    def version_list(
-        self, vault: str, kind: str, name: str, *, after_seq: int | None, limit: int
-    ) -> list[VersionRow]:
+    def version_list(self, vault: str, kind: str, name: str, *, after_seq: int | None, limit: int) -> list[VersionRow]:
         """Versions in creation order (by `seq`), strictly after `after_seq`."""
 
     @abstractmethod

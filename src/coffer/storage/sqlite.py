@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +31,71 @@ _VERSION_COLUMNS = (
 
 def _version(row: sqlite3.Row) -> VersionRow:
     return VersionRow(
-        vault=row["vault"], kind=row["kind"], name=row["name"], version=row["version"],
-        created=row["created"], updated=row["updated"], enabled=bool(row["enabled"]),
-        nbf=row["nbf"], exp=row["exp"], content_type=row["content_type"],
+        vault=row["vault"],
+        kind=row["kind"],
+        name=row["name"],
+        version=row["version"],
+        created=row["created"],
+        updated=row["updated"],
+        enabled=bool(row["enabled"]),
+        nbf=row["nbf"],
+        exp=row["exp"],
+        content_type=row["content_type"],
         tags=orjson.loads(row["tags"]) if row["tags"] is not None else None,
-        managed=bool(row["managed"]), kid=row["kid"], payload=bytes(row["payload"]),
-        seq=row["seq"], extra=orjson.loads(row["extra"]) if row["extra"] else {},
+        managed=bool(row["managed"]),
+        kid=row["kid"],
+        payload=bytes(row["payload"]),
+        seq=row["seq"],
+        extra=orjson.loads(row["extra"]) if row["extra"] else {},
     )
 
 
 def _object(row: sqlite3.Row) -> ObjectRow:
-    return ObjectRow(vault=row["vault"], kind=row["kind"], name=row["name"], latest=row["latest"],
-                     deleted=row["deleted"], purge_at=row["purge_at"])
+    return ObjectRow(
+        vault=row["vault"],
+        kind=row["kind"],
+        name=row["name"],
+        latest=row["latest"],
+        deleted=row["deleted"],
+        purge_at=row["purge_at"],
+    )
 
 
 def _vault(row: sqlite3.Row) -> VaultRow:
     return VaultRow(
-        name=row["name"], tenant_id=row["tenant_id"], created=row["created"], updated=row["updated"],
-        retention_days=row["retention_days"], purge_protection=bool(row["purge_protection"]),
-        sku=row["sku"], rbac_authorization=bool(row["rbac_authorization"]),
-        wrapped_key=bytes(row["wrapped_key"]), key_term=row["key_term"],
+        name=row["name"],
+        tenant_id=row["tenant_id"],
+        created=row["created"],
+        updated=row["updated"],
+        retention_days=row["retention_days"],
+        purge_protection=bool(row["purge_protection"]),
+        sku=row["sku"],
+        rbac_authorization=bool(row["rbac_authorization"]),
+        wrapped_key=bytes(row["wrapped_key"]),
+        key_term=row["key_term"],
     )
 
 
 def _principal(row: sqlite3.Row) -> PrincipalRow:
-    return PrincipalRow(object_id=row["object_id"], tenant_id=row["tenant_id"], client_id=row["client_id"],
-                        kind=row["kind"], display_name=row["display_name"], created=row["created"])
+    return PrincipalRow(
+        object_id=row["object_id"],
+        tenant_id=row["tenant_id"],
+        client_id=row["client_id"],
+        kind=row["kind"],
+        display_name=row["display_name"],
+        created=row["created"],
+    )
 
 
 def _credential(row: sqlite3.Row) -> CredentialRow:
-    return CredentialRow(id=row["id"], object_id=row["object_id"], kind=row["kind"],
-                         secret_hash=row["secret_hash"], created=row["created"], expires=row["expires"])
+    return CredentialRow(
+        id=row["id"],
+        object_id=row["object_id"],
+        kind=row["kind"],
+        secret_hash=row["secret_hash"],
+        created=row["created"],
+        expires=row["expires"],
+    )
 
 
 class _SqliteTransaction(Transaction):
@@ -81,8 +115,10 @@ class _SqliteTransaction(Transaction):
         return bytes(row["value"]) if row else None
 
     def meta_put(self, key: str, value: bytes) -> None:
-        self._c.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        self._c.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     # vaults
     def vault_get(self, name: str) -> VaultRow | None:
@@ -100,8 +136,18 @@ class _SqliteTransaction(Transaction):
             "retention_days=excluded.retention_days, purge_protection=excluded.purge_protection, "
             "sku=excluded.sku, rbac_authorization=excluded.rbac_authorization, "
             "wrapped_key=excluded.wrapped_key, key_term=excluded.key_term",
-            (row.name.lower(), row.tenant_id, row.created, row.updated, row.retention_days,
-             int(row.purge_protection), row.sku, int(row.rbac_authorization), row.wrapped_key, row.key_term),
+            (
+                row.name.lower(),
+                row.tenant_id,
+                row.created,
+                row.updated,
+                row.retention_days,
+                int(row.purge_protection),
+                row.sku,
+                int(row.rbac_authorization),
+                row.wrapped_key,
+                row.key_term,
+            ),
         )
 
     def vault_delete(self, name: str) -> None:
@@ -123,8 +169,7 @@ class _SqliteTransaction(Transaction):
         if tenant_id is None:
             rows = self._all("SELECT * FROM principals ORDER BY display_name, object_id")
         else:
-            rows = self._all("SELECT * FROM principals WHERE tenant_id = ? ORDER BY display_name, object_id",
-                             tenant_id)
+            rows = self._all("SELECT * FROM principals WHERE tenant_id = ? ORDER BY display_name, object_id", tenant_id)
         return [_principal(r) for r in rows]
 
     def principal_put(self, row: PrincipalRow) -> None:
@@ -143,8 +188,10 @@ class _SqliteTransaction(Transaction):
         return _credential(row) if row else None
 
     def credential_list(self, object_id: str) -> list[CredentialRow]:
-        return [_credential(r) for r in
-                self._all("SELECT * FROM credentials WHERE object_id = ? ORDER BY created", object_id)]
+        return [
+            _credential(r)
+            for r in self._all("SELECT * FROM credentials WHERE object_id = ? ORDER BY created", object_id)
+        ]
 
     def credential_put(self, row: CredentialRow) -> None:
         self._c.execute(
@@ -157,8 +204,9 @@ class _SqliteTransaction(Transaction):
 
     # objects
     def object_get(self, vault: str, kind: str, name: str) -> ObjectRow | None:
-        row = self._one("SELECT * FROM objects WHERE vault = ? AND kind = ? AND name_key = ?",
-                        vault.lower(), kind, name.lower())
+        row = self._one(
+            "SELECT * FROM objects WHERE vault = ? AND kind = ? AND name_key = ?", vault.lower(), kind, name.lower()
+        )
         return _object(row) if row else None
 
     def object_put(self, row: ObjectRow) -> None:
@@ -174,35 +222,47 @@ class _SqliteTransaction(Transaction):
         self._c.execute("DELETE FROM versions WHERE vault = ? AND kind = ? AND name_key = ?", args)
         self._c.execute("DELETE FROM objects WHERE vault = ? AND kind = ? AND name_key = ?", args)
 
-    def object_list(self, vault: str, kind: str, *, deleted: bool, after: str | None,
-                    limit: int) -> list[ObjectRow]:
+    def object_list(self, vault: str, kind: str, *, deleted: bool, after: str | None, limit: int) -> list[ObjectRow]:
         condition = "deleted IS NOT NULL" if deleted else "deleted IS NULL"
         rows = self._all(
             f"SELECT * FROM objects WHERE vault = ? AND kind = ? AND {condition} AND name_key > ? "  # noqa: S608
             "ORDER BY name_key LIMIT ?",
-            vault.lower(), kind, after or "", limit,
+            vault.lower(),
+            kind,
+            after or "",
+            limit,
         )
         return [_object(r) for r in rows]
 
     def objects_due_for_purge(self, now: int, limit: int) -> list[ObjectRow]:
-        rows = self._all("SELECT * FROM objects WHERE purge_at IS NOT NULL AND purge_at <= ? "
-                         "ORDER BY purge_at LIMIT ?", now, limit)
+        rows = self._all(
+            "SELECT * FROM objects WHERE purge_at IS NOT NULL AND purge_at <= ? ORDER BY purge_at LIMIT ?", now, limit
+        )
         return [_object(r) for r in rows]
 
     # versions
     def version_get(self, vault: str, kind: str, name: str, version: str) -> VersionRow | None:
-        row = self._one(f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
-                        "WHERE vault = ? AND kind = ? AND name_key = ? AND version = ?",
-                        vault.lower(), kind, name.lower(), version.lower())
+        row = self._one(
+            f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+            "WHERE vault = ? AND kind = ? AND name_key = ? AND version = ?",
+            vault.lower(),
+            kind,
+            name.lower(),
+            version.lower(),
+        )
         return _version(row) if row else None
 
     def version_put(self, row: VersionRow) -> None:
         key = (row.vault.lower(), row.kind, row.name.lower())
-        existing = self._one("SELECT seq FROM versions WHERE vault = ? AND kind = ? AND name_key = ? "
-                             "AND version = ?", *key, row.version.lower())
+        existing = self._one(
+            "SELECT seq FROM versions WHERE vault = ? AND kind = ? AND name_key = ? AND version = ?",
+            *key,
+            row.version.lower(),
+        )
         if existing is None:
-            top = self._one("SELECT COALESCE(MAX(seq), 0) AS top FROM versions "
-                            "WHERE vault = ? AND kind = ? AND name_key = ?", *key)
+            top = self._one(
+                "SELECT COALESCE(MAX(seq), 0) AS top FROM versions WHERE vault = ? AND kind = ? AND name_key = ?", *key
+            )
             row.seq = (top["top"] if top else 0) + 1
         else:
             row.seq = existing["seq"]
@@ -213,16 +273,35 @@ class _SqliteTransaction(Transaction):
             "enabled=excluded.enabled, nbf=excluded.nbf, exp=excluded.exp, content_type=excluded.content_type, "
             "tags=excluded.tags, managed=excluded.managed, kid=excluded.kid, payload=excluded.payload, "
             "extra=excluded.extra",
-            (*key, row.name, row.version.lower(), row.created, row.updated, int(row.enabled), row.nbf, row.exp,
-             row.content_type, orjson.dumps(row.tags) if row.tags is not None else None, int(row.managed),
-             row.kid, row.payload, row.seq, orjson.dumps(row.extra) if row.extra else None),
+            (
+                *key,
+                row.name,
+                row.version.lower(),
+                row.created,
+                row.updated,
+                int(row.enabled),
+                row.nbf,
+                row.exp,
+                row.content_type,
+                orjson.dumps(row.tags) if row.tags is not None else None,
+                int(row.managed),
+                row.kid,
+                row.payload,
+                row.seq,
+                orjson.dumps(row.extra) if row.extra else None,
+            ),
         )
 
-    def version_list(self, vault: str, kind: str, name: str, *, after_seq: int | None,
-                     limit: int) -> list[VersionRow]:
-        rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
-                         "WHERE vault = ? AND kind = ? AND name_key = ? AND seq > ? ORDER BY seq LIMIT ?",
-                         vault.lower(), kind, name.lower(), after_seq or 0, limit)
+    def version_list(self, vault: str, kind: str, name: str, *, after_seq: int | None, limit: int) -> list[VersionRow]:
+        rows = self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+            "WHERE vault = ? AND kind = ? AND name_key = ? AND seq > ? ORDER BY seq LIMIT ?",
+            vault.lower(),
+            kind,
+            name.lower(),
+            after_seq or 0,
+            limit,
+        )
         return [_version(r) for r in rows]
 
     def latest_versions(self, vault: str, kind: str, objects: list[ObjectRow]) -> dict[str, VersionRow]:
@@ -233,8 +312,11 @@ class _SqliteTransaction(Transaction):
         args: list[Any] = [vault.lower(), kind]
         for name_key, version in wanted:
             args += [name_key, version]
-        rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
-                         f"WHERE vault = ? AND kind = ? AND ({clause})", *args)
+        rows = self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
+            f"WHERE vault = ? AND kind = ? AND ({clause})",
+            *args,
+        )
         return {r["name"].lower(): _version(r) for r in rows}
 
 
@@ -316,10 +398,8 @@ class SqliteStorage(Storage):
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
-                try:
+                with suppress(sqlite3.Error):
                     conn.close()
-                except sqlite3.Error:
-                    pass
             self._connections.clear()
         self._local = threading.local()
 

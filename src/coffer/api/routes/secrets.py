@@ -14,15 +14,15 @@ from coffer.objects import secret
 _ACTION = "Microsoft.KeyVault/vaults/secrets/"
 
 
-async def _run(req: ApiRequest, name: str, action: str, scope: str, write: bool,
-               run: Any) -> Result:
+async def _run(req: ApiRequest, name: str, action: str, scope: str, write: bool, run: Any) -> Result:
     op = Operation(name=name, action=_ACTION + action, scope=scope, vault=req.vault, write=write, run=run)
     assert req.caller is not None
     return await req.pipeline.execute(op, req.caller, req.info)
 
 
-def _bundle(req: ApiRequest, ctx: Context, item: secret.Secret, *, with_value: bool = False,
-            deleted: bool = False) -> Result:
+def _bundle(
+    req: ApiRequest, ctx: Context, item: secret.Secret, *, with_value: bool = False, deleted: bool = False
+) -> Result:
     assert ctx.vault is not None
     body = wire.secret_bundle(item, ctx.vault, req.vault_url, req.info.api_version, with_value=with_value)
     if deleted:
@@ -37,8 +37,14 @@ async def set_secret(req: ApiRequest) -> Result:
         raise BadParameter("Property value is required.")
 
     def run(ctx: Context) -> Result:
-        item = secret.set(ctx.require_view(), name, body.get("value"), content_type=body.get("contentType"),
-                          tags=body.get("tags"), attributes=body.get("attributes"))
+        item = secret.set(
+            ctx.require_view(),
+            name,
+            body.get("value"),
+            content_type=body.get("contentType"),
+            tags=body.get("tags"),
+            attributes=body.get("attributes"),
+        )
         return _bundle(req, ctx, item, with_value=True)
 
     return await _run(req, "SecretSet", "setSecret/action", f"/secrets/{name}", True, run)
@@ -58,9 +64,15 @@ async def update_secret(req: ApiRequest) -> Result:
     body = await req.json()
 
     def run(ctx: Context) -> Result:
-        item = secret.update(ctx.require_view(), name, version, content_type=body.get("contentType"),
-                             tags=body.get("tags"), attributes=body.get("attributes"),
-                             fields=frozenset(body))
+        item = secret.update(
+            ctx.require_view(),
+            name,
+            version,
+            content_type=body.get("contentType"),
+            tags=body.get("tags"),
+            attributes=body.get("attributes"),
+            fields=frozenset(body),
+        )
         return _bundle(req, ctx, item)
 
     return await _run(req, "SecretUpdate", "update/action", f"/secrets/{name}", True, run)
@@ -75,8 +87,17 @@ async def delete_secret(req: ApiRequest) -> Result:
     return await _run(req, "SecretDelete", "delete", f"/secrets/{name}", True, run)
 
 
-def _page(req: ApiRequest, ctx: Context, items: list[secret.Secret], size: int, path: str,
-          after: str | None, *, versioned: bool, deleted: bool = False) -> Result:
+def _page(
+    req: ApiRequest,
+    ctx: Context,
+    items: list[secret.Secret],
+    size: int,
+    path: str,
+    after: str | None,
+    *,
+    versioned: bool,
+    deleted: bool = False,
+) -> Result:
     assert ctx.vault is not None
     values = []
     for item in items:
@@ -121,13 +142,13 @@ async def list_secret_versions(req: ApiRequest) -> Result:
         raise BadParameter("Invalid $skiptoken.")
 
     def run(ctx: Context) -> Result:
-        items = secret.list_versions(ctx.require_view(), name, after_seq=int(after) if after else None,
-                                     limit=size + 1)
+        items = secret.list_versions(ctx.require_view(), name, after_seq=int(after) if after else None, limit=size + 1)
         more = len(items) > size
         items = items[:size]
         last = str(items[-1].row.seq) if more and items else None
-        return _page(req, ctx, items, size, f"/secrets/{items[0].obj.name if items else name}/versions", last,
-                     versioned=True)
+        return _page(
+            req, ctx, items, size, f"/secrets/{items[0].obj.name if items else name}/versions", last, versioned=True
+        )
 
     return await _run(req, "SecretListVersions", "readMetadata/action", f"/secrets/{name}", False, run)
 

@@ -27,31 +27,44 @@ class OAuthError(CofferError):
         self.aadsts = code
 
     def envelope(self) -> dict[str, object]:
-        return {"error": self.code, "error_description": f"AADSTS{self.aadsts}: {self.message}",
-                "error_codes": [self.aadsts], "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())}
+        return {
+            "error": self.code,
+            "error_description": f"AADSTS{self.aadsts}: {self.message}",
+            "error_codes": [self.aadsts],
+            "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+        }
 
 
 def _audience(req: ApiRequest, requested: str) -> str:
-    resource = req.app.resource
+    resource: str = req.app.resource
     wanted = requested.strip()
     if wanted.endswith("/.default"):
         wanted = wanted[: -len("/.default")]
     if wanted.rstrip("/") != resource:
-        raise OAuthError(400, "invalid_scope",
-                         f"The resource '{wanted[:200]}' is not served by this token service. Ask for "
-                         f"'{resource}/.default'.", 500011)
+        raise OAuthError(
+            400,
+            "invalid_scope",
+            f"The resource '{wanted[:200]}' is not served by this token service. Ask for '{resource}/.default'.",
+            500011,
+        )
     return resource
 
 
 def _audit(req: ApiRequest, principal: PrincipalRow | None, status: int, description: str | None) -> None:
     record: dict[str, Any] = {
-        "operationName": "Authentication", "resultType": "Success" if status < 400 else "Failure",
-        "resultSignature": "OK" if status < 400 else "Unauthorized", "callerIpAddress": req.info.caller_ip,
+        "operationName": "Authentication",
+        "resultType": "Success" if status < 400 else "Failure",
+        "resultSignature": "OK" if status < 400 else "Unauthorized",
+        "callerIpAddress": req.info.caller_ip,
         "durationMs": str(int((time.perf_counter() - req.info.started) * 1000)),
-        "identity": {"claim": {"oid": principal.object_id, "appid": principal.client_id,
-                               "tid": principal.tenant_id}} if principal else None,
-        "properties": {"requestUri": req.info.request_uri, "httpStatusCode": status,
-                       "clientInfo": req.info.client_info},
+        "identity": {"claim": {"oid": principal.object_id, "appid": principal.client_id, "tid": principal.tenant_id}}
+        if principal
+        else None,
+        "properties": {
+            "requestUri": req.info.request_uri,
+            "httpStatusCode": status,
+            "clientInfo": req.info.client_info,
+        },
     }
     if description:
         record["resultDescription"] = description
@@ -61,14 +74,20 @@ def _audit(req: ApiRequest, principal: PrincipalRow | None, status: int, descrip
 async def openid_configuration(req: ApiRequest) -> Result:
     tenant = req.params["tenant"]
     base = f"{req.app.authority}/{tenant}"
-    return Result(body={
-        "issuer": f"{base}/v2.0", "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-        "token_endpoint": f"{base}/oauth2/v2.0/token", "jwks_uri": f"{base}/discovery/v2.0/keys",
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
-        "grant_types_supported": ["client_credentials"], "response_types_supported": ["token"],
-        "id_token_signing_alg_values_supported": ["RS256"], "tenant_region_scope": None,
-        "subject_types_supported": ["pairwise"],
-    })
+    return Result(
+        body={
+            "issuer": f"{base}/v2.0",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+            "grant_types_supported": ["client_credentials"],
+            "response_types_supported": ["token"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "tenant_region_scope": None,
+            "subject_types_supported": ["pairwise"],
+        }
+    )
 
 
 async def jwks(req: ApiRequest) -> Result:
@@ -99,15 +118,25 @@ async def token(req: ApiRequest) -> Result:
                 principal = principals.authenticate_client_secret(tx, tenant, client_id, secret)
         if principal is None:
             _audit(req, None, 401, "invalid client or secret")
-            raise OAuthError(401, "invalid_client", "Invalid client secret provided, or the application "
-                             f"'{client_id[:64]}' was not found in tenant '{tenant[:64]}'.", 7000215)
-        access, expires = req.pipeline.tokens.issue(object_id=principal.object_id, tenant_id=tenant,
-                                                    client_id=principal.client_id, kind=principal.kind,
-                                                    audience=audience)
+            raise OAuthError(
+                401,
+                "invalid_client",
+                "Invalid client secret provided, or the application "
+                f"'{client_id[:64]}' was not found in tenant '{tenant[:64]}'.",
+                7000215,
+            )
+        access, expires = req.pipeline.tokens.issue(
+            object_id=principal.object_id,
+            tenant_id=tenant,
+            client_id=principal.client_id,
+            kind=principal.kind,
+            audience=audience,
+        )
         _audit(req, principal, 200, None)
         lifetime = expires - int(time.time())
-        return Result(body={"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
-                            "access_token": access})
+        return Result(
+            body={"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": access}
+        )
 
     return await anyio.to_thread.run_sync(authenticate)
 
@@ -127,18 +156,38 @@ async def managed_identity_token(req: ApiRequest) -> Result:
         if principal is None:
             _audit(req, None, 401, "invalid identity header")
             raise OAuthError(401, "invalid_client", "The X-IDENTITY-HEADER is not valid.", 7000215)
-        chosen = {"client_id": principal.client_id, "object_id": principal.object_id,
-                  "principal_id": principal.object_id, "mi_res_id": principal.object_id}
+        chosen = {
+            "client_id": principal.client_id,
+            "object_id": principal.object_id,
+            "principal_id": principal.object_id,
+            "mi_res_id": principal.object_id,
+        }
         if any(chosen[k] != v for k, v in selector.items()):
             _audit(req, principal, 400, "identity selector does not match")
-            raise OAuthError(400, "invalid_request", "No managed identity matching the requested "
-                             "client_id/object_id/mi_res_id is assigned to this endpoint.", 700016)
-        access, expires = req.pipeline.tokens.issue(object_id=principal.object_id, tenant_id=principal.tenant_id,
-                                                    client_id=principal.client_id, kind=principal.kind,
-                                                    audience=audience)
+            raise OAuthError(
+                400,
+                "invalid_request",
+                "No managed identity matching the requested "
+                "client_id/object_id/mi_res_id is assigned to this endpoint.",
+                700016,
+            )
+        access, expires = req.pipeline.tokens.issue(
+            object_id=principal.object_id,
+            tenant_id=principal.tenant_id,
+            client_id=principal.client_id,
+            kind=principal.kind,
+            audience=audience,
+        )
         _audit(req, principal, 200, None)
-        return Result(body={"access_token": access, "expires_on": str(expires), "resource": audience,
-                            "token_type": "Bearer", "client_id": principal.client_id})
+        return Result(
+            body={
+                "access_token": access,
+                "expires_on": str(expires),
+                "resource": audience,
+                "token_type": "Bearer",
+                "client_id": principal.client_id,
+            }
+        )
 
     return await anyio.to_thread.run_sync(authenticate)
 
