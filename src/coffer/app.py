@@ -123,8 +123,12 @@ class Coffer:
             pass
         return tls.ensure_local_tls(self.config.tls_dir, list(dict.fromkeys(names)), list(dict.fromkeys(ips)))
 
+    def vault_removed(self, name: str) -> None:
+        self._tenants.pop(name.lower(), None)
+
     async def vault_added(self, name: str) -> None:
         """A new vault host may need a new certificate name (dev CA with a one-label suffix)."""
+        self._tenants.pop(name.lower(), None)
         if self.config.tls_cert or "." in self.config.dns_suffix:
             return
         import anyio.to_thread

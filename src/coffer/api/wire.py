@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +14,7 @@ from coffer.objects.secret import Secret
 from coffer.storage import VaultRow
 
 MAX_RESULTS = 25
+_SKIPTOKEN = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
 def b64url_encode(data: bytes) -> str:
@@ -32,7 +34,8 @@ def page_size(query: Any) -> int:
     raw = query.get("maxresults")
     if raw is None or raw == "":
         return MAX_RESULTS
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_RESULTS:
+    # ASCII only: str.isdigit() also accepts e.g. "²", which int() rejects
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_RESULTS:
         raise BadParameter(f"Invalid value for maxresults: {raw[:16]!r}. It must be between 1 and {MAX_RESULTS}.")
     return int(raw)
 
@@ -41,10 +44,16 @@ def skiptoken(query: Any) -> str | None:
     raw = query.get("$skiptoken")
     if not raw:
         return None
+    # base64's decoder skips characters outside the alphabet, so "%%%" would decode to "" (= first page)
+    if not _SKIPTOKEN.fullmatch(raw):
+        raise BadParameter("Invalid $skiptoken.")
     try:
-        return b64url_decode(raw, "$skiptoken").decode("utf-8")
+        value = b64url_decode(raw, "$skiptoken").decode("utf-8")
     except (BadParameter, UnicodeDecodeError):
         raise BadParameter("Invalid $skiptoken.") from None
+    if not value:
+        raise BadParameter("Invalid $skiptoken.")
+    return value
 
 
 def next_link(vault_url: str, path: str, api_version: str | None, after: str, size: int) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 import anyio.to_thread
 import uvicorn
@@ -16,6 +19,10 @@ from coffer.config import Config
 from coffer.crypto import tls
 
 log = logging.getLogger("coffer.server")
+
+# On SIGTERM, in-flight requests get this long to finish. Idle keep-alive TLS connections would
+# otherwise hold the shutdown for asyncio's 30 s TLS-close timeout (clients do not answer close_notify).
+_GRACEFUL_SHUTDOWN_SECONDS = 5
 
 DEV_BANNER = """\
 ==============================================================================
@@ -46,6 +53,20 @@ def _bind(config: Config) -> list[socket.socket]:
         except OSError:
             log.info("IPv6 loopback unavailable; listening on 127.0.0.1 only")
     return sockets
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM once its graceful shutdown is done, which kills the process
+    before Coffer closes its storage and audit log; handle them without re-raising, so we exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 async def _purge_loop(coffer: Coffer) -> None:
@@ -103,6 +124,7 @@ def serve(config: Config) -> None:
         server_header=False,
         date_header=True,
         timeout_keep_alive=30,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
     uv_config.load()
 
@@ -111,7 +133,7 @@ def serve(config: Config) -> None:
         uv_config.ssl.load_cert_chain(str(new.cert), str(new.key))
 
     coffer.tls_reloader = reload_certificate
-    server = uvicorn.Server(uv_config)
+    server = _Server(uv_config)
 
     async def main() -> None:
         purge = asyncio.create_task(_purge_loop(coffer))

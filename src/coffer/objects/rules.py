@@ -22,7 +22,7 @@ def new_version() -> str:
 
 
 def check_name(name: str, what: str = "secret") -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise BadParameter(
             f"The request URI contains an invalid name: {name[:127]!r}. A {what} name must be 1-127 "
             "characters long and contain only 0-9, a-z, A-Z and -."

@@ -227,6 +227,47 @@ def backup(view: VaultView, name: str) -> bytes:
     return view.barrier.seal_backup(KIND, orjson.dumps(document))
 
 
+def _restored_rows(view: VaultView, name: str, versions: list[Any], latest: str) -> list[VersionRow]:
+    """Every version of a backup document, checked and sealed; raises before anything is written."""
+    rules.check_name(name)
+    rows: list[VersionRow] = []
+    for item in versions:
+        if not isinstance(item, dict):
+            raise ValueError("version entry is not an object")
+        version, value, created, updated = item["version"], item["value"], item["created"], item["updated"]
+        if not isinstance(version, str) or not rules.NAME_PATTERN.fullmatch(version) or not isinstance(value, str):
+            raise ValueError("invalid version or value")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (created, updated)):
+            raise ValueError("invalid dates")
+        if not isinstance(item["enabled"], bool) or not isinstance(item["managed"], bool):
+            raise ValueError("invalid flags")
+        if not (item["kid"] is None or isinstance(item["kid"], str)) or not isinstance(item.get("extra") or {}, dict):
+            raise ValueError("invalid kid or extra")
+        dates = rules.check_attributes({"nbf": item["nbf"], "exp": item["exp"]})
+        rows.append(
+            VersionRow(
+                vault=view.name,
+                kind=KIND,
+                name=name,
+                version=version,
+                created=created,
+                updated=updated,
+                enabled=item["enabled"],
+                nbf=dates["nbf"],
+                exp=dates["exp"],
+                content_type=rules.check_content_type(item["contentType"]),
+                tags=rules.check_tags(item["tags"]),
+                managed=item["managed"],
+                kid=item["kid"],
+                extra=item.get("extra") or {},
+                payload=view.seal(KIND, name, version, "value", value.encode("utf-8")),
+            )
+        )
+    if latest not in {row.version for row in rows}:
+        raise ValueError("latest version missing")
+    return rows
+
+
 def restore(view: VaultView, blob: bytes) -> Secret:
     try:
         document = orjson.loads(view.barrier.open_backup(KIND, blob))
@@ -235,7 +276,8 @@ def restore(view: VaultView, blob: bytes) -> Secret:
         latest = str(document["latest"])
         if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND or not versions:
             raise ValueError("unexpected backup document")
-    except (envelope.DecryptionFailed, ValueError, KeyError, TypeError):
+        rows = _restored_rows(view, name, versions, latest)
+    except (envelope.DecryptionFailed, BadParameter, ValueError, KeyError, TypeError):
         raise BadParameter(
             "Backup blob contains invalid data. It may have been made by another installation or altered.",
             code="BadParameter",
@@ -248,30 +290,7 @@ def restore(view: VaultView, blob: bytes) -> Secret:
             "recovered before the restore."
         )
     obj = ObjectRow(vault=view.name, kind=KIND, name=name, latest=latest)
-    restored: VersionRow | None = None
-    for item in versions:
-        version = str(item["version"])
-        row = VersionRow(
-            vault=view.name,
-            kind=KIND,
-            name=name,
-            version=version,
-            created=item["created"],
-            updated=item["updated"],
-            enabled=bool(item["enabled"]),
-            nbf=item["nbf"],
-            exp=item["exp"],
-            content_type=item["contentType"],
-            tags=item["tags"],
-            managed=bool(item["managed"]),
-            kid=item["kid"],
-            extra=item.get("extra") or {},
-            payload=view.seal(KIND, name, version, "value", str(item["value"]).encode("utf-8")),
-        )
+    for row in rows:
         view.version_put(row)
-        if version == latest:
-            restored = row
-    if restored is None:
-        raise BadParameter("Backup blob contains invalid data.")
     view.object_put(obj)
-    return Secret(obj, restored)
+    return Secret(obj, next(row for row in rows if row.version == latest))

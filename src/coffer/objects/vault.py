@@ -16,7 +16,7 @@ SKUS = ("standard", "premium")
 
 
 def check_vault_name(name: str) -> str:
-    if not VAULT_NAME.match(name):
+    if not VAULT_NAME.fullmatch(name):
         raise BadParameter(
             f"The vault name {name[:64]!r} is not valid. A vault name must be 3-24 characters long, start with "
             "a letter, end with a letter or digit, and contain only 0-9, a-z, A-Z and non-consecutive -.",

@@ -81,7 +81,9 @@ async def delete_vault(req: ApiRequest) -> Result:
         vault.delete(ctx.tx, name)
         return Result(status=204)
 
-    return await _run(req, "VaultDelete", "delete", f"/vaults/{name}", True, run)
+    result = await _run(req, "VaultDelete", "delete", f"/vaults/{name}", True, run)
+    req.app.vault_removed(name)
+    return result
 
 
 ROUTES = [

@@ -138,7 +138,8 @@ async def list_deleted_secrets(req: ApiRequest) -> Result:
 async def list_secret_versions(req: ApiRequest) -> Result:
     name = req.params["name"]
     size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-    if after is not None and not after.isdigit():
+    # a version position: ASCII digits that fit SQLite's 64-bit INTEGER
+    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 18):
         raise BadParameter("Invalid $skiptoken.")
 
     def run(ctx: Context) -> Result:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import anyio.to_thread
+import orjson
 
 from coffer.api.request import ApiRequest
 from coffer.api.routing import Route
 from coffer.core import Context, Operation, Result
-from coffer.errors import BadParameter
+from coffer.errors import BadParameter, Forbidden
 
 
 async def health(req: ApiRequest) -> Result:
@@ -42,6 +43,9 @@ async def unseal(req: ApiRequest) -> Result:
 
 async def seal(req: ApiRequest) -> Result:
     def run(ctx: Context) -> Result:
+        bootstrap = ctx.barrier.system_get(ctx.tx, "bootstrap")
+        if bootstrap is None or orjson.loads(bootstrap)["objectId"] != ctx.caller.object_id:
+            raise Forbidden("Only the bootstrap administrator may seal the server.")
         return Result(status=204)
 
     op = Operation(name="Seal", action="Coffer/system/seal/action", scope="/", vault=None, write=False, run=run)

@@ -11,7 +11,7 @@ import anyio.to_thread
 from coffer.api.request import ApiRequest
 from coffer.api.routing import Route
 from coffer.core import Result
-from coffer.errors import BadParameter, CofferError
+from coffer.errors import BadParameter, CofferError, Sealed
 from coffer.identity import principals
 from coffer.storage import PrincipalRow
 
@@ -95,6 +95,8 @@ async def jwks(req: ApiRequest) -> Result:
 
 
 async def token(req: ApiRequest) -> Result:
+    if req.app.barrier.sealed:  # no signing key: answer 503, not an internal error
+        raise Sealed()
     tenant = req.params["tenant"]
     raw = await req.body_bytes()
     try:
@@ -143,6 +145,8 @@ async def token(req: ApiRequest) -> Result:
 
 async def managed_identity_token(req: ApiRequest) -> Result:
     """App Service managed-identity protocol: GET {IDENTITY_ENDPOINT}?resource=...&api-version=2019-08-01."""
+    if req.app.barrier.sealed:
+        raise Sealed()
     header = req.http.headers.get("x-identity-header", "")
     resource = req.query.get("resource", "")
     if not header:
