@@ -27,7 +27,10 @@ class DevServer:
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
+    # `env` holds the server's dev.env (what clients need); `server_env` is merged into the
+    # server process's own environment (e.g. {"COFFER_PURGE_INTERVAL": "1"}).
     env: dict[str, str] = field(default_factory=dict)
+    server_env: dict[str, str] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
 
     @property
@@ -54,7 +57,7 @@ class DevServer:
         cmd = [sys.executable, "-m", "coffer", "server", "--dev", "--data-dir", str(self.data_dir),
                "--port", str(self.port), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **self.server_env})
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ import anyio.to_thread
 from coffer.api.request import ApiRequest
 from coffer.api.routing import Route
 from coffer.core import Result
-from coffer.errors import BadParameter, CofferError, Sealed
+from coffer.errors import CofferError, Sealed
 from coffer.identity import principals
 from coffer.storage import PrincipalRow
 
@@ -150,7 +150,7 @@ async def managed_identity_token(req: ApiRequest) -> Result:
     header = req.http.headers.get("x-identity-header", "")
     resource = req.query.get("resource", "")
     if not header:
-        raise BadParameter("The X-IDENTITY-HEADER header is required.", code="invalid_request")
+        raise OAuthError(400, "invalid_request", "The X-IDENTITY-HEADER header is required.", 900144)
     audience = _audience(req, resource)
     selector = {k: req.query[k] for k in ("client_id", "object_id", "principal_id", "mi_res_id") if k in req.query}
 
