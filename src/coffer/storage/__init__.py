@@ -2,10 +2,12 @@
 
 from coffer.storage.base import (
     CredentialRow,
+    IssuerRow,
     ObjectRow,
     PrincipalRow,
     Storage,
     StorageError,
+    TenantRow,
     Transaction,
     VaultRow,
     VersionRow,
@@ -13,10 +15,12 @@ from coffer.storage.base import (
 
 __all__ = [
     "CredentialRow",
+    "IssuerRow",
     "ObjectRow",
     "PrincipalRow",
     "Storage",
     "StorageError",
+    "TenantRow",
     "Transaction",
     "VaultRow",
     "VersionRow",

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class StorageError(Exception):
@@ -43,13 +44,34 @@ class PrincipalRow:
 
 
 @dataclass
+class TenantRow:
+    id: str
+    display_name: str
+    created: int
+
+
+@dataclass
 class CredentialRow:
     id: str
     object_id: str
-    kind: str  # "clientSecret" | "identityEndpoint"
-    secret_hash: str
+    kind: str  # "clientSecret" | "identityEndpoint" | "certificate" | "federated"
+    secret_hash: str  # "" for kinds that hold no secret
     created: int
     expires: int | None = None
+    lookup: str | None = None  # certificate thumbprint, or "issuer subject" of a federated credential
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IssuerRow:
+    """An external OIDC issuer a tenant trusts: for federated credentials and for data-plane tokens."""
+
+    id: str
+    tenant_id: str
+    issuer: str
+    jwks: str  # a file path, an https URL, or an inline JWKS document
+    audience: str | None
+    created: int
 
 
 @dataclass
@@ -104,6 +126,20 @@ class Transaction(ABC):
     def vault_delete(self, name: str) -> None:
         """Remove the vault and every object and version in it."""
 
+    # tenants and trusted external issuers
+    @abstractmethod
+    def tenant_get(self, tenant_id: str) -> TenantRow | None: ...
+    @abstractmethod
+    def tenant_list(self) -> list[TenantRow]: ...
+    @abstractmethod
+    def tenant_put(self, row: TenantRow) -> None: ...
+    @abstractmethod
+    def issuer_list(self, tenant_id: str | None = None) -> list[IssuerRow]: ...
+    @abstractmethod
+    def issuer_put(self, row: IssuerRow) -> None: ...
+    @abstractmethod
+    def issuer_delete(self, issuer_id: str) -> None: ...
+
     # principals and their credentials
     @abstractmethod
     def principal_get(self, object_id: str) -> PrincipalRow | None: ...
@@ -119,6 +155,12 @@ class Transaction(ABC):
     def credential_get(self, credential_id: str) -> CredentialRow | None: ...
     @abstractmethod
     def credential_list(self, object_id: str) -> list[CredentialRow]: ...
+    @abstractmethod
+    def credential_by_lookup(self, lookup: str) -> list[CredentialRow]: ...
+    @abstractmethod
+    def credential_all(self) -> list[CredentialRow]:
+        """Every credential (for the in-memory revocation index)."""
+
     @abstractmethod
     def credential_put(self, row: CredentialRow) -> None: ...
     @abstractmethod

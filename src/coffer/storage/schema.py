@@ -32,4 +32,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX versions_by_seq ON versions(vault, kind, name_key, seq)
     """,
+    # 2: identity: tenants as rows, credential lookups (certificate thumbprints, federated subjects),
+    # credential data, and trusted external issuers
+    """
+    CREATE TABLE tenants (id TEXT PRIMARY KEY, display_name TEXT NOT NULL, created INTEGER NOT NULL);
+    INSERT INTO tenants(id, display_name, created)
+        SELECT substr(key, 8), json_extract(CAST(value AS TEXT), '$.displayName'),
+               json_extract(CAST(value AS TEXT), '$.created') FROM meta WHERE key LIKE 'tenant:%';
+    DELETE FROM meta WHERE key LIKE 'tenant:%';
+    ALTER TABLE credentials ADD COLUMN lookup TEXT;
+    ALTER TABLE credentials ADD COLUMN data TEXT;
+    CREATE INDEX credentials_by_lookup ON credentials(lookup) WHERE lookup IS NOT NULL;
+    CREATE TABLE issuers (
+        id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), issuer TEXT NOT NULL,
+        jwks TEXT NOT NULL, audience TEXT, created INTEGER NOT NULL, UNIQUE (tenant_id, issuer)
+    )
+    """,
 ]

@@ -13,10 +13,12 @@ import orjson
 
 from coffer.storage.base import (
     CredentialRow,
+    IssuerRow,
     ObjectRow,
     PrincipalRow,
     Storage,
     StorageError,
+    TenantRow,
     Transaction,
     VaultRow,
     VersionRow,
@@ -95,6 +97,19 @@ def _credential(row: sqlite3.Row) -> CredentialRow:
         secret_hash=row["secret_hash"],
         created=row["created"],
         expires=row["expires"],
+        lookup=row["lookup"],
+        data=orjson.loads(row["data"]) if row["data"] else {},
+    )
+
+
+def _issuer(row: sqlite3.Row) -> IssuerRow:
+    return IssuerRow(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        issuer=row["issuer"],
+        jwks=row["jwks"],
+        audience=row["audience"],
+        created=row["created"],
     )
 
 
@@ -193,11 +208,57 @@ class _SqliteTransaction(Transaction):
             for r in self._all("SELECT * FROM credentials WHERE object_id = ? ORDER BY created", object_id)
         ]
 
+    def credential_by_lookup(self, lookup: str) -> list[CredentialRow]:
+        return [_credential(r) for r in self._all("SELECT * FROM credentials WHERE lookup = ?", lookup)]
+
+    def credential_all(self) -> list[CredentialRow]:
+        return [_credential(r) for r in self._all("SELECT * FROM credentials")]
+
     def credential_put(self, row: CredentialRow) -> None:
         self._c.execute(
-            "INSERT INTO credentials(id, object_id, kind, secret_hash, created, expires) VALUES (?,?,?,?,?,?)",
-            (row.id, row.object_id, row.kind, row.secret_hash, row.created, row.expires),
+            "INSERT INTO credentials(id, object_id, kind, secret_hash, created, expires, lookup, data) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET expires=excluded.expires, data=excluded.data",
+            (
+                row.id,
+                row.object_id,
+                row.kind,
+                row.secret_hash,
+                row.created,
+                row.expires,
+                row.lookup,
+                orjson.dumps(row.data) if row.data else None,
+            ),
         )
+
+    # tenants and issuers
+    def tenant_get(self, tenant_id: str) -> TenantRow | None:
+        row = self._one("SELECT * FROM tenants WHERE id = ?", tenant_id)
+        return TenantRow(row["id"], row["display_name"], row["created"]) if row else None
+
+    def tenant_list(self) -> list[TenantRow]:
+        return [TenantRow(r["id"], r["display_name"], r["created"]) for r in self._all("SELECT * FROM tenants")]
+
+    def tenant_put(self, row: TenantRow) -> None:
+        self._c.execute(
+            "INSERT INTO tenants(id, display_name, created) VALUES (?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET display_name=excluded.display_name",
+            (row.id, row.display_name, row.created),
+        )
+
+    def issuer_list(self, tenant_id: str | None = None) -> list[IssuerRow]:
+        if tenant_id is None:
+            return [_issuer(r) for r in self._all("SELECT * FROM issuers ORDER BY tenant_id, issuer")]
+        return [_issuer(r) for r in self._all("SELECT * FROM issuers WHERE tenant_id = ? ORDER BY issuer", tenant_id)]
+
+    def issuer_put(self, row: IssuerRow) -> None:
+        self._c.execute(
+            "INSERT INTO issuers(id, tenant_id, issuer, jwks, audience, created) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET jwks=excluded.jwks, audience=excluded.audience",
+            (row.id, row.tenant_id, row.issuer, row.jwks, row.audience, row.created),
+        )
+
+    def issuer_delete(self, issuer_id: str) -> None:
+        self._c.execute("DELETE FROM issuers WHERE id = ?", (issuer_id,))
 
     def credential_delete(self, credential_id: str) -> None:
         self._c.execute("DELETE FROM credentials WHERE id = ?", (credential_id,))

@@ -117,7 +117,8 @@ async def token(req: ApiRequest) -> Result:
         with req.pipeline.storage.read() as tx:
             principal = None
             if principals.tenant_exists(tx, tenant) and secret:
-                principal = principals.authenticate_client_secret(tx, tenant, client_id, secret)
+                found = principals.authenticate_client_secret(tx, tenant, client_id, secret)
+                principal = found[0] if found else None
         if principal is None:
             _audit(req, None, 401, "invalid client or secret")
             raise OAuthError(
@@ -156,23 +157,18 @@ async def managed_identity_token(req: ApiRequest) -> Result:
 
     def authenticate() -> Result:
         with req.pipeline.storage.read() as tx:
-            principal = principals.authenticate_identity_endpoint(tx, header)
-        if principal is None:
+            endpoint = principals.authenticate_identity_endpoint(tx, header)
+            principal = principals.select_identity(tx, endpoint, selector) if endpoint else None
+        if endpoint is None:
             _audit(req, None, 401, "invalid identity header")
             raise OAuthError(401, "invalid_client", "The X-IDENTITY-HEADER is not valid.", 7000215)
-        chosen = {
-            "client_id": principal.client_id,
-            "object_id": principal.object_id,
-            "principal_id": principal.object_id,
-            "mi_res_id": principal.object_id,
-        }
-        if any(chosen[k] != v for k, v in selector.items()):
-            _audit(req, principal, 400, "identity selector does not match")
+        if principal is None:
+            _audit(req, None, 400, "identity selector does not match")
             raise OAuthError(
                 400,
                 "invalid_request",
-                "No managed identity matching the requested "
-                "client_id/object_id/mi_res_id is assigned to this endpoint.",
+                "No managed identity matching the requested client_id/object_id/mi_res_id is assigned "
+                "to this endpoint.",
                 700016,
             )
         access, expires = req.pipeline.tokens.issue(
