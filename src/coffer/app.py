@@ -16,18 +16,21 @@ import orjson
 from coffer.api.app import Api
 from coffer.audit import AuditLog
 from coffer.barrier import Barrier, SealStatus
+from coffer.clock import now
 from coffer.config import Config
 from coffer.core import Pipeline
 from coffer.crypto import signing, tls
 from coffer.identity import principals
-from coffer.identity.tokens import TokenService
+from coffer.identity.index import IdentityIndex
+from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
 from coffer.objects import vault
-from coffer.storage import Storage
+from coffer.storage import Storage, Transaction
 from coffer.storage.sqlite import SqliteStorage
 
 log = logging.getLogger("coffer")
 
-_SIGNING_KEY = "token-signing-key"
+_SIGNING_KEYS = "token-signing-keys"
+_LEGACY_SIGNING_KEY = "token-signing-key"
 _BOOTSTRAP = "bootstrap"
 _DEV = "dev-credentials"
 DEV_VAULT = "dev"
@@ -50,8 +53,10 @@ class Coffer:
         self.storage.migrate()
         self.barrier = Barrier(self.storage)
         self.tokens = TokenService(self.authority, self.resource, config.token_lifetime_seconds)
+        self.tokens.reload_keys = self._load_signing_keys
+        self.identity_index = IdentityIndex()
         self.audit = AuditLog(config.audit_path)
-        self.pipeline = Pipeline(self.storage, self.barrier, self.tokens, self.audit)
+        self.pipeline = Pipeline(self.storage, self.barrier, self.tokens, self.identity_index, self.audit)
         self.api = Api(self)
         self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -140,11 +145,48 @@ class Coffer:
     # --- seal lifecycle -----------------------------------------------------------------------
     def _after_unseal(self) -> None:
         with self.storage.write() as tx:
-            pem = self.barrier.system_get(tx, _SIGNING_KEY)
-            if pem is None:
-                pem = signing.generate_rsa_private_pem()
-                self.barrier.system_put(tx, _SIGNING_KEY, pem)
-        self.tokens.load_key(pem)
+            if self.barrier.system_get(tx, _SIGNING_KEYS) is None:
+                legacy = self.barrier.system_get(tx, _LEGACY_SIGNING_KEY)
+                pem = legacy or signing.generate_rsa_private_pem()
+                self._store_signing_keys(tx, [SigningKey(signing.key_id(pem), pem, now())])
+        self._load_signing_keys()
+        self.identity_changed()
+
+    def _store_signing_keys(self, tx: Transaction, keys: list[SigningKey]) -> None:
+        document = [{"kid": k.kid, "pem": k.pem.decode("ascii"), "created": k.created} for k in keys]
+        self.barrier.system_put(tx, _SIGNING_KEYS, orjson.dumps(document))
+
+    def _load_signing_keys(self) -> None:
+        with self.storage.read() as tx:
+            raw = self.barrier.system_get(tx, _SIGNING_KEYS)
+        if raw is not None:
+            keys = [SigningKey(k["kid"], k["pem"].encode("ascii"), k["created"]) for k in orjson.loads(raw)]
+            self.tokens.load_keys(keys)
+
+    def rotate_signing_key_if_due(self, at: int, *, force: bool = False) -> bool:
+        """A new signing key when the newest is older than the rotation period. Older keys stay (JWKS, verify)
+        until every token they signed has expired, plus the allowed clock skew."""
+        if self.barrier.sealed:
+            return False
+        period = int(self.config.token_key_rotation_days * 86400)
+        with self.storage.write() as tx:
+            raw = self.barrier.system_get(tx, _SIGNING_KEYS)
+            keys = [SigningKey(k["kid"], k["pem"].encode("ascii"), k["created"]) for k in orjson.loads(raw or b"[]")]
+            if keys and not force and at - keys[-1].created < period:
+                return False
+            pem = signing.generate_rsa_private_pem()
+            retired_before = at - self.tokens.lifetime - 2 * LEEWAY
+            kept = [k for i, k in enumerate(keys) if i == len(keys) - 1 or keys[i + 1].created > retired_before]
+            self._store_signing_keys(tx, [*kept, SigningKey(signing.key_id(pem), pem, at)])
+        self._load_signing_keys()
+        return True
+
+    def identity_changed(self) -> None:
+        """Principals, credentials or trusted issuers changed: refresh what requests are checked against."""
+        with self.storage.read() as tx:
+            self.identity_index.reload(tx)
+            issuers = tx.issuer_list()
+        self.tokens.trust_issuers(issuers)
 
     def initialize(self, shares: int, threshold: int) -> dict[str, Any]:
         """First start: root key, Shamir shares, a tenant and a bootstrap administrator (shown once)."""
@@ -199,24 +241,33 @@ class Coffer:
             raw = self.barrier.system_get(tx, _DEV)
             if raw is not None:
                 return DevIdentity(**orjson.loads(raw))
-            tenant = principals.create_tenant(tx, "Development")
-            app_principal = principals.create_principal(tx, tenant, "coffer-dev", principals.APPLICATION)
-            client_secret = principals.add_secret(tx, app_principal, principals.CLIENT_SECRET)
-            identity = principals.create_principal(tx, tenant, "dev-identity", principals.MANAGED_IDENTITY)
-            header = principals.add_secret(tx, identity, principals.IDENTITY_ENDPOINT)
-            if tx.vault_get(DEV_VAULT) is None:
-                vault.create(tx, self.barrier, DEV_VAULT, tenant, {})
-            dev = DevIdentity(
-                tenant_id=tenant,
-                client_id=app_principal.client_id,
-                client_secret=client_secret.secret,
-                identity_header=header.secret,
-                identity_client_id=identity.client_id,
-            )
-            self.barrier.system_put(tx, _DEV, orjson.dumps(dev.__dict__))
-            self.barrier.system_put(
-                tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant, "objectId": app_principal.object_id})
-            )
+            dev = self._create_dev(tx)
+        self.identity_changed()
+        return dev
+
+    def _create_dev(self, tx: Transaction) -> DevIdentity:
+        """The dev tenant, service principal, managed identity (also served by the node's IMDS endpoint)
+        and the `dev` vault."""
+        tenant = principals.create_tenant(tx, "Development")
+        app_principal = principals.create_principal(tx, tenant, "coffer-dev", principals.APPLICATION)
+        client_secret = principals.add_secret(tx, app_principal, principals.CLIENT_SECRET)
+        identity = principals.create_principal(tx, tenant, "dev-identity", principals.MANAGED_IDENTITY)
+        header = principals.add_secret(tx, identity, principals.IDENTITY_ENDPOINT)
+        endpoint = tx.credential_get(header.credential_id)
+        if endpoint is not None:  # the dev identity is also this node's IMDS identity
+            endpoint.data["imds"] = True
+            tx.credential_put(endpoint)
+        if tx.vault_get(DEV_VAULT) is None:
+            vault.create(tx, self.barrier, DEV_VAULT, tenant, {})
+        dev = DevIdentity(
+            tenant_id=tenant,
+            client_id=app_principal.client_id,
+            client_secret=client_secret.secret,
+            identity_header=header.secret,
+            identity_client_id=identity.client_id,
+        )
+        self.barrier.system_put(tx, _DEV, orjson.dumps(dev.__dict__))
+        self.barrier.system_put(tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant, "objectId": app_principal.object_id}))
         return dev
 
     def write_dev_env(self, dev: DevIdentity, ca_file: Path) -> Path:

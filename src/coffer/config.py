@@ -21,6 +21,7 @@ class Config:
     purge_interval_seconds: float = 60.0
     max_body_bytes: int = 4 * 1024 * 1024
     token_lifetime_seconds: int = 3600
+    token_key_rotation_days: float = 30.0
     extra_hostnames: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -62,6 +63,10 @@ def from_environment(**overrides: object) -> Config:
         values["tls_cert"] = Path(env["COFFER_TLS_CERT"])
     if "COFFER_TLS_KEY" in env:
         values["tls_key"] = Path(env["COFFER_TLS_KEY"])
+    if "COFFER_TOKEN_LIFETIME" in env:
+        values["token_lifetime_seconds"] = int(env["COFFER_TOKEN_LIFETIME"])
+    if "COFFER_TOKEN_KEY_ROTATION_DAYS" in env:
+        values["token_key_rotation_days"] = float(env["COFFER_TOKEN_KEY_ROTATION_DAYS"])
     if "COFFER_PURGE_INTERVAL" in env:
         values["purge_interval_seconds"] = float(env["COFFER_PURGE_INTERVAL"])
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -45,10 +45,15 @@ class Unauthorized(CofferError):
     code = "Unauthorized"
 
     def __init__(
-        self, message: str = "AKV10000: Request is missing a Bearer or PoP token.", *, claims_challenge: bool = False
+        self,
+        message: str = "AKV10000: Request is missing a Bearer or PoP token.",
+        *,
+        claims_challenge: bool = False,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.claims_challenge = claims_challenge
+        self.reason = reason  # why, for the audit log only: the client sees just `message`
 
 
 class Forbidden(CofferError):

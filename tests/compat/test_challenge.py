@@ -93,11 +93,11 @@ def signing_key(dev_server: DevServer) -> bytes:
         barrier = Barrier(storage)
         barrier.unseal_with_key(bytes.fromhex((dev_server.data_dir / "dev-unseal.key").read_text().strip()))
         with storage.read() as tx:
-            pem = barrier.system_get(tx, "token-signing-key")
+            ring = barrier.system_get(tx, "token-signing-keys")
     finally:
         storage.close()
-    assert pem is not None
-    return pem
+    assert ring is not None
+    return str(json.loads(ring)[-1]["pem"]).encode("ascii")  # the newest key signs
 
 
 def _claims(token: str) -> dict[str, Any]:

@@ -79,7 +79,9 @@ class Api:
                 except NotFound:
                     route = None
             if route is None:
-                caller = self.pipeline.authenticate(request.headers.get("authorization"))
+                caller = self.pipeline.authenticate(
+                    request.headers.get("authorization"), self.coffer.tenant_of(vault) if vault else None
+                )
                 route, params = resolve(VAULT_ROUTES if kind == "vault" else SERVER_ROUTES, method, path)
             api_request = ApiRequest(
                 http=request,

@@ -79,6 +79,8 @@ async def _purge_loop(coffer: Coffer) -> None:
             purged = await anyio.to_thread.run_sync(coffer.purge_due, int(time.time()))
             if purged:
                 log.info("purged %d soft-deleted objects past their retention", purged)
+            if await anyio.to_thread.run_sync(coffer.rotate_signing_key_if_due, int(time.time())):
+                log.info("rotated the token signing key")
         except Exception:
             log.exception("purge job failed; will retry")
 

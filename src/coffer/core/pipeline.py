@@ -25,6 +25,7 @@ from coffer.audit import AuditLog
 from coffer.authz import authorize
 from coffer.barrier import Barrier, VaultView
 from coffer.errors import CofferError, NotFound, Sealed, Unauthorized
+from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import Caller, TokenService
 from coffer.storage import Storage, Transaction, VaultRow
 
@@ -91,13 +92,17 @@ class Operation:
 
 
 class Pipeline:
-    def __init__(self, storage: Storage, barrier: Barrier, tokens: TokenService, audit: AuditLog) -> None:
+    def __init__(
+        self, storage: Storage, barrier: Barrier, tokens: TokenService, index: IdentityIndex, audit: AuditLog
+    ) -> None:
         self.storage = storage
         self.barrier = barrier
         self.tokens = tokens
+        self.index = index
         self.audit = audit
 
-    def authenticate(self, authorization: str | None) -> Caller:
+    def authenticate(self, authorization: str | None, tenant: str | None = None) -> Caller:
+        """The caller a bearer token proves; `tenant` (the vault's) must be the token's tenant."""
         if self.barrier.sealed:
             raise Sealed()
         if not authorization:
@@ -105,7 +110,13 @@ class Pipeline:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized()
-        return self.tokens.verify(token.strip())
+        caller = self.tokens.verify(token.strip())
+        problem = self.index.problem(caller)
+        if problem is not None:
+            raise Unauthorized("AKV10032: Invalid token.", reason=problem)
+        if tenant and caller.tenant_id != tenant:
+            raise Unauthorized("AKV10032: Invalid token.", reason="token of another tenant")
+        return caller
 
     async def execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
         return await anyio.to_thread.run_sync(self._execute, op, caller, info)
@@ -127,7 +138,10 @@ class Pipeline:
     def audit_failure(
         self, name: str, vault: str | None, caller: Caller | None, info: RequestInfo, error: CofferError
     ) -> None:
-        self.audit.write(self._record(name, vault, caller, info, error.status, None, error.message))
+        description = error.message
+        if isinstance(error, Unauthorized) and error.reason:
+            description = f"{error.message} ({error.reason})"
+        self.audit.write(self._record(name, vault, caller, info, error.status, None, description))
 
     def _record(
         self,
