@@ -38,9 +38,13 @@ class CofferClient:
         client_id: str | None = None,
         client_secret: str | None = None,
     ) -> None:
-        env = {**_dev_env(data_dir), **os.environ}
+        dev = _dev_env(data_dir)
+        env = {**dev, **os.environ}
         self.addr = (addr or env.get("COFFER_ADDR") or "https://localhost:8443").rstrip("/")
-        verify: Any = ca_cert or env.get("COFFER_CACERT") or env.get("REQUESTS_CA_BUNDLE") or True
+        # the dev server's CA before a REQUESTS_CA_BUNDLE the machine may set for other purposes
+        verify: Any = (
+            ca_cert or os.environ.get("COFFER_CACERT") or dev.get("REQUESTS_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE")
+        ) or True
         self.http = httpx.Client(verify=verify, timeout=30)
         self.tenant_id = tenant_id or env.get("COFFER_TENANT_ID")
         self.client_id = client_id or env.get("COFFER_CLIENT_ID")

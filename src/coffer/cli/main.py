@@ -11,6 +11,7 @@ from rich.table import Table
 
 from coffer import __version__
 from coffer.cli.client import ClientError, CofferClient
+from coffer.cli.identity import identity_app
 
 app = typer.Typer(
     help="Coffer: secrets, keys and certificates behind the Azure Key Vault API.",
@@ -21,11 +22,12 @@ operator = typer.Typer(help="Initialise, unseal and seal a server.", no_args_is_
 vault_app = typer.Typer(help="Manage vaults (one per environment is the recommended pattern).", no_args_is_help=True)
 app.add_typer(operator, name="operator")
 app.add_typer(vault_app, name="vault")
+app.add_typer(identity_app, name="identity")
 console = Console()
 err = Console(stderr=True)
 
-Addr = Annotated[str | None, typer.Option(help="Server URL, e.g. https://localhost:8443 [env COFFER_ADDR]")]
-CaCert = Annotated[str | None, typer.Option(help="CA certificate file [env COFFER_CACERT / REQUESTS_CA_BUNDLE]")]
+Addr = Annotated[str | None, typer.Option(help="Server URL, e.g. https://localhost:8443 (env COFFER_ADDR)")]
+CaCert = Annotated[str | None, typer.Option(help="CA certificate file (env COFFER_CACERT or REQUESTS_CA_BUNDLE)")]
 DataDir = Annotated[Path, typer.Option(help="Data directory of a local dev server (its dev.env is read).")]
 
 
@@ -49,9 +51,9 @@ def server(
     dev: Annotated[
         bool, typer.Option("--dev", help="Development mode: auto-unseal, dev vault and identities.")
     ] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default ./.coffer]")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTPS port; 0 picks a free one [default 8443]")] = None,
-    bind: Annotated[str | None, typer.Option(help="Address to listen on [default 127.0.0.1]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (default ./.coffer)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTPS port; 0 picks a free one (default 8443)")] = None,
+    bind: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1)")] = None,
     dns_suffix: Annotated[str | None, typer.Option(help="Vault host suffix: vault X is X.<suffix>")] = None,
     public_port: Annotated[int | None, typer.Option(help="Port clients use, if not --port (load balancer)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Certificate chain file (PEM) for a real deployment")] = None,
