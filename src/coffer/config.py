@@ -18,6 +18,8 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     dev: bool = False
+    # Serve the IMDS managed-identity protocol to callers on this host (on by default with --dev).
+    imds: bool = False
     purge_interval_seconds: float = 60.0
     max_body_bytes: int = 4 * 1024 * 1024
     token_lifetime_seconds: int = 3600
@@ -67,7 +69,11 @@ def from_environment(**overrides: object) -> Config:
         values["token_lifetime_seconds"] = int(env["COFFER_TOKEN_LIFETIME"])
     if "COFFER_TOKEN_KEY_ROTATION_DAYS" in env:
         values["token_key_rotation_days"] = float(env["COFFER_TOKEN_KEY_ROTATION_DAYS"])
+    if "COFFER_IMDS" in env:
+        values["imds"] = env["COFFER_IMDS"].lower() in ("1", "true", "yes")
     if "COFFER_PURGE_INTERVAL" in env:
         values["purge_interval_seconds"] = float(env["COFFER_PURGE_INTERVAL"])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("dev") and "imds" not in values:
+        values["imds"] = True
     return Config(**values)  # type: ignore[arg-type]

@@ -58,6 +58,9 @@ def server(
     public_port: Annotated[int | None, typer.Option(help="Port clients use, if not --port (load balancer)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Certificate chain file (PEM) for a real deployment")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key file (PEM) of --tls-cert")] = None,
+    imds: Annotated[
+        bool | None, typer.Option("--imds/--no-imds", help="Serve managed-identity tokens over IMDS to local callers")
+    ] = None,
 ) -> None:
     """Run the HTTPS server."""
     from coffer.cli.server import serve
@@ -76,6 +79,7 @@ def server(
             public_port=public_port,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            imds=imds,
         )
     )
 
