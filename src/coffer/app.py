@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 
 from coffer.api.app import Api
 from coffer.audit import AuditLog
+from coffer.authz import Authorizer, roles
 from coffer.barrier import Barrier, SealStatus
 from coffer.clock import now
 from coffer.config import Config
@@ -24,7 +26,7 @@ from coffer.identity import principals
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
 from coffer.objects import vault
-from coffer.storage import Storage, Transaction
+from coffer.storage import RoleAssignmentRow, Storage, Transaction
 from coffer.storage.sqlite import SqliteStorage
 
 log = logging.getLogger("coffer")
@@ -55,8 +57,11 @@ class Coffer:
         self.tokens = TokenService(self.authority, self.resource, config.token_lifetime_seconds)
         self.tokens.reload_keys = self._load_signing_keys
         self.identity_index = IdentityIndex()
+        self.authorizer = Authorizer()
         self.audit = AuditLog(config.audit_path)
-        self.pipeline = Pipeline(self.storage, self.barrier, self.tokens, self.identity_index, self.audit)
+        self.pipeline = Pipeline(
+            self.storage, self.barrier, self.tokens, self.identity_index, self.authorizer, self.audit
+        )
         self.api = Api(self)
         self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -149,8 +154,11 @@ class Coffer:
                 legacy = self.barrier.system_get(tx, _LEGACY_SIGNING_KEY)
                 pem = legacy or signing.generate_rsa_private_pem()
                 self._store_signing_keys(tx, [SigningKey(signing.key_id(pem), pem, now())])
+            if not tx.role_assignment_list():  # an installation from before RBAC: keep its administrators
+                self._grant_existing_administrators(tx)
         self._load_signing_keys()
         self.identity_changed()
+        self.access_changed()
 
     def _store_signing_keys(self, tx: Transaction, keys: list[SigningKey]) -> None:
         document = [{"kid": k.kid, "pem": k.pem.decode("ascii"), "created": k.created} for k in keys]
@@ -181,6 +189,34 @@ class Coffer:
         self._load_signing_keys()
         return True
 
+    def access_changed(self) -> None:
+        """Role definitions, role assignments or access policies changed: rebuild the decision index."""
+        with self.storage.read() as tx:
+            self.authorizer.reload(tx)
+
+    def _grant_administrator(self, tx: Transaction, object_id: str) -> None:
+        """Key Vault Administrator at the server scope (the bootstrap administrator; dev identities)."""
+        tx.role_assignment_put(
+            RoleAssignmentRow(
+                id=str(uuid.uuid4()),
+                scope="/",
+                role_definition_id=roles.ADMINISTRATOR,
+                principal_id=object_id,
+                created=now(),
+            )
+        )
+
+    def _grant_existing_administrators(self, tx: Transaction) -> None:
+        bootstrap = self.barrier.system_get(tx, _BOOTSTRAP)
+        if bootstrap is not None:
+            self._grant_administrator(tx, orjson.loads(bootstrap)["objectId"])
+        dev = self.barrier.system_get(tx, _DEV)
+        if dev is not None:
+            identity = DevIdentity(**orjson.loads(dev))
+            row = tx.principal_by_client_id(identity.tenant_id, identity.identity_client_id)
+            if row is not None:
+                self._grant_administrator(tx, row.object_id)
+
     def identity_changed(self) -> None:
         """Principals, credentials or trusted issuers changed: refresh what requests are checked against."""
         with self.storage.read() as tx:
@@ -195,6 +231,7 @@ class Coffer:
             tenant = principals.create_tenant(tx, "Default")
             admin = principals.create_principal(tx, tenant, "bootstrap-admin", principals.APPLICATION)
             issued = principals.add_secret(tx, admin, principals.CLIENT_SECRET)
+            self._grant_administrator(tx, admin.object_id)
             self.barrier.system_put(tx, _BOOTSTRAP, orjson.dumps({"tenant": tenant, "objectId": admin.object_id}))
         self._after_unseal()
         del unseal_key
@@ -243,6 +280,7 @@ class Coffer:
                 return DevIdentity(**orjson.loads(raw))
             dev = self._create_dev(tx)
         self.identity_changed()
+        self.access_changed()
         return dev
 
     def _create_dev(self, tx: Transaction) -> DevIdentity:
@@ -253,6 +291,8 @@ class Coffer:
         client_secret = principals.add_secret(tx, app_principal, principals.CLIENT_SECRET)
         identity = principals.create_principal(tx, tenant, "dev-identity", principals.MANAGED_IDENTITY)
         header = principals.add_secret(tx, identity, principals.IDENTITY_ENDPOINT)
+        self._grant_administrator(tx, app_principal.object_id)
+        self._grant_administrator(tx, identity.object_id)
         endpoint = tx.credential_get(header.credential_id)
         if endpoint is not None:  # the dev identity is also this node's IMDS identity
             endpoint.data["imds"] = True

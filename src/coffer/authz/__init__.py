@@ -1,5 +1,5 @@
-"""May this caller do this to that? (The RBAC and access-policy issue fills this seam.)"""
+"""May this caller do this to that? Azure RBAC down to a single object, and legacy access policies."""
 
-from coffer.authz.decide import Decision, authorize
+from coffer.authz.decide import Authorizer, Decision
 
-__all__ = ["Decision", "authorize"]
+__all__ = ["Authorizer", "Decision"]

@@ -22,7 +22,7 @@ from typing import Any
 import anyio.to_thread
 
 from coffer.audit import AuditLog
-from coffer.authz import authorize
+from coffer.authz import Authorizer, Decision
 from coffer.barrier import Barrier, VaultView
 from coffer.errors import CofferError, NotFound, Sealed, Unauthorized
 from coffer.identity.index import IdentityIndex
@@ -74,6 +74,7 @@ class Context:
     caller: Caller
     vault: VaultRow | None
     view: VaultView | None
+    authorizer: Authorizer
 
     def require_view(self) -> VaultView:
         if self.view is None:
@@ -93,12 +94,19 @@ class Operation:
 
 class Pipeline:
     def __init__(
-        self, storage: Storage, barrier: Barrier, tokens: TokenService, index: IdentityIndex, audit: AuditLog
+        self,
+        storage: Storage,
+        barrier: Barrier,
+        tokens: TokenService,
+        index: IdentityIndex,
+        authorizer: Authorizer,
+        audit: AuditLog,
     ) -> None:
         self.storage = storage
         self.barrier = barrier
         self.tokens = tokens
         self.index = index
+        self.authorizer = authorizer
         self.audit = audit
 
     def authenticate(self, authorization: str | None, tenant: str | None = None) -> Caller:
@@ -129,10 +137,12 @@ class Pipeline:
                 vault = tx.vault_get(op.vault)
                 if vault is None:
                     raise NotFound(f"Vault {op.vault} was not found on this server.", code="VaultNotFound")
-            authorize(caller, op.action, op.scope, vault)
+            decision = self.authorizer.authorize(caller, op.action, op.scope, vault)
             view = VaultView(tx, self.barrier, vault) if vault is not None else None
-            result = op.run(Context(tx, self.barrier, caller, vault, view))
-            self.audit.write(self._record(op.name, op.vault, caller, info, result.status, result.object_id))
+            result = op.run(Context(tx, self.barrier, caller, vault, view, self.authorizer))
+            record = self._record(op.name, op.vault, caller, info, result.status, result.object_id)
+            record["properties"].update(_decision_fields(decision))
+            self.audit.write(record)
         return result
 
     def audit_failure(
@@ -173,3 +183,9 @@ class Pipeline:
         if description:
             record["resultDescription"] = description
         return record
+
+
+def _decision_fields(decision: Decision) -> dict[str, Any]:
+    if decision.model == "accessPolicy":
+        return {"isAccessPolicyMatch": True, "isRbacAuthorized": False, "decisionReason": decision.reason}
+    return {"isRbacAuthorized": True, "appliedAssignmentId": decision.assignment_id, "decisionReason": decision.reason}

@@ -160,7 +160,10 @@ class TokenService:
         except jwt.PyJWTError:
             raise Unauthorized(_INVALID, reason="malformed token") from None
         issuer = str(unverified.get("iss", "")).rstrip("/")
-        external = self._external.get(issuer)
+        # Coffer's own issuers ({authority}/{tenant}/v2.0) are never an external issuer's: a trusted issuer
+        # registered under this server's authority must not take over (and lock out) a tenant's own tokens.
+        own = issuer.lower().startswith(self.authority.lower() + "/")
+        external = None if own else self._external.get(issuer)
         caller = self._verify_external(token, external) if external else self._verify_own(token, header)
         with self._lock:
             if len(self._cache) >= _CACHE_LIMIT:

@@ -31,6 +31,8 @@ class VaultRow:
     rbac_authorization: bool = True
     wrapped_key: bytes = b""  # the vault's data key, sealed by the root key
     key_term: int = 1
+    # legacy access policies: [{"tenantId", "objectId", "applicationId"?, "permissions": {"keys": [...], ...}}]
+    access_policies: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +73,33 @@ class IssuerRow:
     issuer: str
     jwks: str  # a file path, an https URL, or an inline JWKS document
     audience: str | None
+    created: int
+
+
+@dataclass
+class RoleDefinitionRow:
+    """A custom role. `scope` is where it was defined ("/" = the server, "/vaults/{v}" = one vault)."""
+
+    id: str
+    scope: str
+    role_name: str
+    description: str
+    permissions: list[dict[str, list[str]]]  # [{"actions","notActions","dataActions","notDataActions"}]
+    assignable_scopes: list[str]
+    created: int
+    updated: int
+
+
+@dataclass
+class RoleAssignmentRow:
+    """A role granted to a principal at a scope.
+
+    Scopes: "/" (the server), "/vaults/{v}", "/vaults/{v}/{kind}s", "/vaults/{v}/{kind}s/{name}"."""
+
+    id: str
+    scope: str
+    role_definition_id: str
+    principal_id: str
     created: int
 
 
@@ -165,6 +194,24 @@ class Transaction(ABC):
     def credential_put(self, row: CredentialRow) -> None: ...
     @abstractmethod
     def credential_delete(self, credential_id: str) -> None: ...
+
+    # authorization
+    @abstractmethod
+    def role_definition_get(self, role_id: str) -> RoleDefinitionRow | None: ...
+    @abstractmethod
+    def role_definition_list(self) -> list[RoleDefinitionRow]: ...
+    @abstractmethod
+    def role_definition_put(self, row: RoleDefinitionRow) -> None: ...
+    @abstractmethod
+    def role_definition_delete(self, role_id: str) -> None: ...
+    @abstractmethod
+    def role_assignment_get(self, assignment_id: str) -> RoleAssignmentRow | None: ...
+    @abstractmethod
+    def role_assignment_list(self) -> list[RoleAssignmentRow]: ...
+    @abstractmethod
+    def role_assignment_put(self, row: RoleAssignmentRow) -> None: ...
+    @abstractmethod
+    def role_assignment_delete(self, assignment_id: str) -> None: ...
 
     # objects and versions
     @abstractmethod

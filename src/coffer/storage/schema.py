@@ -48,4 +48,17 @@ MIGRATIONS: list[str] = [
         jwks TEXT NOT NULL, audience TEXT, created INTEGER NOT NULL, UNIQUE (tenant_id, issuer)
     )
     """,
+    # 3: authorization: custom role definitions, role assignments, access policies per vault
+    """
+    CREATE TABLE role_definitions (
+        id TEXT PRIMARY KEY, scope TEXT NOT NULL, role_name TEXT NOT NULL, description TEXT NOT NULL,
+        permissions TEXT NOT NULL, assignable_scopes TEXT NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL
+    );
+    CREATE TABLE role_assignments (
+        id TEXT PRIMARY KEY, scope TEXT NOT NULL, role_definition_id TEXT NOT NULL, principal_id TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX role_assignments_by_scope ON role_assignments(scope);
+    ALTER TABLE vaults ADD COLUMN access_policies TEXT
+    """,
 ]

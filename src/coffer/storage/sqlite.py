@@ -16,6 +16,8 @@ from coffer.storage.base import (
     IssuerRow,
     ObjectRow,
     PrincipalRow,
+    RoleAssignmentRow,
+    RoleDefinitionRow,
     Storage,
     StorageError,
     TenantRow,
@@ -75,6 +77,30 @@ def _vault(row: sqlite3.Row) -> VaultRow:
         rbac_authorization=bool(row["rbac_authorization"]),
         wrapped_key=bytes(row["wrapped_key"]),
         key_term=row["key_term"],
+        access_policies=orjson.loads(row["access_policies"]) if row["access_policies"] else [],
+    )
+
+
+def _role_definition(row: sqlite3.Row) -> RoleDefinitionRow:
+    return RoleDefinitionRow(
+        id=row["id"],
+        scope=row["scope"],
+        role_name=row["role_name"],
+        description=row["description"],
+        permissions=orjson.loads(row["permissions"]),
+        assignable_scopes=orjson.loads(row["assignable_scopes"]),
+        created=row["created"],
+        updated=row["updated"],
+    )
+
+
+def _role_assignment(row: sqlite3.Row) -> RoleAssignmentRow:
+    return RoleAssignmentRow(
+        id=row["id"],
+        scope=row["scope"],
+        role_definition_id=row["role_definition_id"],
+        principal_id=row["principal_id"],
+        created=row["created"],
     )
 
 
@@ -146,11 +172,11 @@ class _SqliteTransaction(Transaction):
     def vault_put(self, row: VaultRow) -> None:
         self._c.execute(
             "INSERT INTO vaults(name, tenant_id, created, updated, retention_days, purge_protection, sku, "
-            "rbac_authorization, wrapped_key, key_term) VALUES (?,?,?,?,?,?,?,?,?,?) "
+            "rbac_authorization, wrapped_key, key_term, access_policies) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(name) DO UPDATE SET tenant_id=excluded.tenant_id, updated=excluded.updated, "
             "retention_days=excluded.retention_days, purge_protection=excluded.purge_protection, "
             "sku=excluded.sku, rbac_authorization=excluded.rbac_authorization, "
-            "wrapped_key=excluded.wrapped_key, key_term=excluded.key_term",
+            "wrapped_key=excluded.wrapped_key, key_term=excluded.key_term, access_policies=excluded.access_policies",
             (
                 row.name.lower(),
                 row.tenant_id,
@@ -162,11 +188,16 @@ class _SqliteTransaction(Transaction):
                 int(row.rbac_authorization),
                 row.wrapped_key,
                 row.key_term,
+                orjson.dumps(row.access_policies) if row.access_policies else None,
             ),
         )
 
     def vault_delete(self, name: str) -> None:
         key = name.lower()
+        self._c.execute(
+            "DELETE FROM role_assignments WHERE scope = ? OR scope LIKE ?", (f"/vaults/{key}", f"/vaults/{key}/%")
+        )
+        self._c.execute("DELETE FROM role_definitions WHERE scope = ?", (f"/vaults/{key}",))
         self._c.execute("DELETE FROM versions WHERE vault = ?", (key,))
         self._c.execute("DELETE FROM objects WHERE vault = ?", (key,))
         self._c.execute("DELETE FROM vaults WHERE name = ?", (key,))
@@ -229,6 +260,51 @@ class _SqliteTransaction(Transaction):
                 orjson.dumps(row.data) if row.data else None,
             ),
         )
+
+    # authorization
+    def role_definition_get(self, role_id: str) -> RoleDefinitionRow | None:
+        row = self._one("SELECT * FROM role_definitions WHERE id = ?", role_id.lower())
+        return _role_definition(row) if row else None
+
+    def role_definition_list(self) -> list[RoleDefinitionRow]:
+        return [_role_definition(r) for r in self._all("SELECT * FROM role_definitions ORDER BY role_name")]
+
+    def role_definition_put(self, row: RoleDefinitionRow) -> None:
+        self._c.execute(
+            "INSERT INTO role_definitions(id, scope, role_name, description, permissions, assignable_scopes, "
+            "created, updated) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET role_name=excluded.role_name, "
+            "description=excluded.description, permissions=excluded.permissions, "
+            "assignable_scopes=excluded.assignable_scopes, updated=excluded.updated",
+            (
+                row.id.lower(),
+                row.scope,
+                row.role_name,
+                row.description,
+                orjson.dumps(row.permissions),
+                orjson.dumps(row.assignable_scopes),
+                row.created,
+                row.updated,
+            ),
+        )
+
+    def role_definition_delete(self, role_id: str) -> None:
+        self._c.execute("DELETE FROM role_definitions WHERE id = ?", (role_id.lower(),))
+
+    def role_assignment_get(self, assignment_id: str) -> RoleAssignmentRow | None:
+        row = self._one("SELECT * FROM role_assignments WHERE id = ?", assignment_id.lower())
+        return _role_assignment(row) if row else None
+
+    def role_assignment_list(self) -> list[RoleAssignmentRow]:
+        return [_role_assignment(r) for r in self._all("SELECT * FROM role_assignments ORDER BY scope, id")]
+
+    def role_assignment_put(self, row: RoleAssignmentRow) -> None:
+        self._c.execute(
+            "INSERT INTO role_assignments(id, scope, role_definition_id, principal_id, created) VALUES (?,?,?,?,?)",
+            (row.id.lower(), row.scope, row.role_definition_id.lower(), row.principal_id, row.created),
+        )
+
+    def role_assignment_delete(self, assignment_id: str) -> None:
+        self._c.execute("DELETE FROM role_assignments WHERE id = ?", (assignment_id.lower(),))
 
     # tenants and issuers
     def tenant_get(self, tenant_id: str) -> TenantRow | None:

@@ -34,10 +34,14 @@ def _body(req: ApiRequest, row: VaultRow) -> dict[str, Any]:
 
 async def list_vaults(req: ApiRequest) -> Result:
     def run(ctx: Context) -> Result:
-        rows = [v for v in ctx.tx.vault_list() if v.tenant_id == ctx.caller.tenant_id]
+        rows = [
+            v
+            for v in ctx.tx.vault_list()
+            if v.tenant_id == ctx.caller.tenant_id and ctx.authorizer.can_see(ctx.caller, f"/vaults/{v.name}")
+        ]
         return Result(body={"value": [_body(req, v) for v in rows]})
 
-    return await _run(req, "VaultList", "read", "/vaults", False, run)
+    return await _run(req, "VaultList", "list", "/vaults", False, run)
 
 
 async def get_vault(req: ApiRequest) -> Result:
