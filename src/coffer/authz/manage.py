@@ -25,16 +25,16 @@ _ALL_ACTIONS = roles.DATA_ACTIONS
 
 
 def check_scope(scope: str) -> str:
-    scope = "/" + scope.strip("/") if scope.strip("/") else "/"
-    if not _SCOPE.match(scope):
+    parts = [p for p in scope.split("/") if p]
+    if len(parts) >= 2:
+        parts[1] = parts[1].lower()  # vault names are case-insensitive; object names keep their spelling
+    normalized = "/" + "/".join(parts)
+    if not _SCOPE.match(normalized):
         raise BadParameter(
             f"The scope {scope[:200]!r} is not valid. Use /, /vaults/NAME, /vaults/NAME/secrets|keys|certificates "
             "or /vaults/NAME/KIND/OBJECT."
         )
-    parts = scope.split("/")
-    if len(parts) >= 3:
-        parts[2] = parts[2].lower()
-    return "/".join(parts)
+    return normalized
 
 
 def check_guid(value: str, what: str) -> str:
