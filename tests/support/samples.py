@@ -1,7 +1,9 @@
-"""Microsoft's published azure-keyvault-secrets samples, fetched from PyPI at test time and run unmodified.
+"""Microsoft's published Azure SDK samples (azure-keyvault-secrets, azure-keyvault-administration), fetched from
+PyPI at test time and run unmodified.
 
 The samples are not part of this repository: they come from the sdist of the *installed* SDK version
-(`pip download --no-binary :all:`), cached per version under the pytest cache. Each sample runs as its own
+(`pip download --no-binary :all:`), cached per package and version under the pytest cache. `fetch_samples` serves
+any package; `SampleRunner` below runs the azure-keyvault-secrets samples. Each sample runs as its own
 process against its own dev server (the samples use fixed secret names, and `list_operations` reads every
 secret of the vault), with nothing but dev.env added to the environment. All samples run concurrently,
 in the background, because `backup_restore_operations` sleeps 60 s after its purge.
@@ -45,38 +47,40 @@ class SampleResult:
     error: str | None = None  # the run itself failed (server did not start, timeout, ...)
 
 
-def installed_version() -> str:
-    return importlib.metadata.version(PACKAGE)
+def installed_version(package: str = PACKAGE) -> str:
+    return importlib.metadata.version(package)
 
 
-def _cache_root(config: Any) -> Path:
-    name = f"{PACKAGE}-{installed_version()}-samples"
+def _cache_root(config: Any, package: str) -> Path:
+    name = f"{package}-{installed_version(package)}-samples"
     cache = getattr(config, "cache", None)
     if cache is not None:
         return Path(cache.mkdir(name))
     return Path(tempfile.gettempdir()) / "coffer-test-cache" / name
 
 
-def fetch_samples(config: Any) -> Path:
-    """The `samples/` directory of the installed version's sdist (downloaded once, then cached)."""
-    root = _cache_root(config)
+def fetch_samples(config: Any, package: str = PACKAGE, wanted: list[str] | None = None) -> Path:
+    """The `samples/` directory of the installed version's sdist of `package` (downloaded once, then cached);
+    it must hold every file in `wanted` (default: the azure-keyvault-secrets samples)."""
+    wanted = SAMPLES if wanted is None else wanted
+    root = _cache_root(config, package)
     samples = root / "samples"
     marker = root / ".complete"
-    if marker.exists() and all((samples / s).is_file() for s in SAMPLES):
+    if marker.exists() and all((samples / s).is_file() for s in wanted):
         return samples
-    version = installed_version()
+    version = installed_version(package)
     with tempfile.TemporaryDirectory(prefix="kv-sdist-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={version}", "--no-binary", ":all:",
+        cmd = [sys.executable, "-m", "pip", "download", f"{package}=={version}", "--no-binary", ":all:",
                "--no-deps", "--disable-pip-version-check", "--no-input", "--retries", "1", "--timeout", "20",
                "-d", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         except subprocess.TimeoutExpired:
-            raise SamplesUnavailable(f"`pip download {PACKAGE}=={version}` timed out (offline?)") from None
+            raise SamplesUnavailable(f"`pip download {package}=={version}` timed out (offline?)") from None
         archives = sorted(Path(tmp).glob("*.tar.gz"))
         if done.returncode != 0 or not archives:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise SamplesUnavailable(f"cannot download the {PACKAGE}=={version} sdist from PyPI (offline?): "
+            raise SamplesUnavailable(f"cannot download the {package}=={version} sdist from PyPI (offline?): "
                                      + " | ".join(tail))
         staging = root / "staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -85,9 +89,9 @@ def fetch_samples(config: Any) -> Path:
                        if m.isfile() and len(Path(m.name).parts) == 3 and Path(m.name).parts[1] == "samples"]
             archive.extractall(staging, members=members, filter="data")
         found = {Path(m.name).name for m in members}
-        missing = sorted(set(SAMPLES) - found)
+        missing = sorted(set(wanted) - found)
         if missing:
-            raise RuntimeError(f"the {PACKAGE}=={version} sdist has no samples/{', '.join(missing)}; "
+            raise RuntimeError(f"the {package}=={version} sdist has no samples/{', '.join(missing)}; "
                                f"it contains {sorted(found)}")
         shutil.rmtree(samples, ignore_errors=True)
         samples.mkdir(parents=True)

@@ -109,7 +109,9 @@ def put_definition(tx: Transaction, scope: str, role_id: str, body: dict[str, An
     if not isinstance(assignable, list) or not all(isinstance(a, str) for a in assignable):
         raise BadParameter("assignableScopes must be a list of scopes.")
     existing = tx.role_definition_get(role_id)
-    if any(r.role_name.lower() == name.lower() and r.id != role_id for r in tx.role_definition_list()) or any(
+    defined_at = existing.scope if existing else scope
+    same_scope = (r for r in tx.role_definition_list() if r.scope.lower() == defined_at.lower() and r.id != role_id)
+    if any(r.role_name.lower() == name.lower() for r in same_scope) or any(
         r.name.lower() == name.lower() for r in roles.BUILT_IN.values()
     ):
         raise Conflict(f"A role definition named {name[:64]!r} already exists.", code="RoleDefinitionExists")
