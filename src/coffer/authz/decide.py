@@ -46,6 +46,17 @@ def _pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + ".*".join(re.escape(p) for p in pattern.split("*")) + "$", re.IGNORECASE)
 
 
+# Data actions: those of the vault object collections (secrets/, keys/, ...) and of Managed HSM. The other actions
+# under Microsoft.KeyVault/vaults/ (read, write, delete, accessPolicies/write) manage the vault itself. Action names
+# compare case-insensitively, so their class does too.
+_VAULT_DATA_PREFIXES = tuple(sorted({a[: a.index("/", len(roles.V)) + 1].lower() for a in roles.VAULT_DATA_ACTIONS}))
+_DATA_PREFIXES = (*_VAULT_DATA_PREFIXES, roles.H.lower())
+
+
+def _is_data(action: str, prefixes: tuple[str, ...] = _DATA_PREFIXES) -> bool:
+    return action.lower().startswith(prefixes)
+
+
 def matches(pattern: str, action: str) -> bool:
     return bool(_pattern(pattern).match(action))
 
@@ -132,17 +143,20 @@ class Authorizer:
         return found
 
     # --- the decision --------------------------------------------------------------------------
-    def authorize(self, caller: Caller, action: str, scope: str, vault: VaultRow | None) -> Decision:
-        """Raise Forbidden unless `caller` may perform `action` at `scope` (vault-relative if `vault`)."""
+    def authorize(
+        self, caller: Caller, action: str, scope: str, vault: VaultRow | None, policy: str | None = None
+    ) -> Decision:
+        """Raise Forbidden unless `caller` may perform `action` at `scope` (vault-relative if `vault`).
+        `policy` names the access-policy permission when one data action covers several (list vs get)."""
         if action in _FILTERED:
             return Decision(True, "rbac", "listing filtered to visible items")
         if vault is not None:
             full = object_scope(vault.name, scope)
-            if action.startswith(roles.V) and not vault.rbac_authorization:
-                return self._access_policy(caller, action, vault)
+            if _is_data(action, _VAULT_DATA_PREFIXES) and not vault.rbac_authorization:
+                return self._access_policy(caller, action, vault, policy)
         else:
             full = scope if scope.startswith("/") else "/" + scope
-        data = action.startswith((roles.V, roles.H))
+        data = _is_data(action)
         held = self.assignments_at(caller, full)
         for assignment, role in held:
             if grants(role, action, data=data) or (not data and self._manages(role, action)):
@@ -167,8 +181,10 @@ class Authorizer:
                 return True
         return False
 
-    def _access_policy(self, caller: Caller, action: str, vault: VaultRow) -> Decision:
+    def _access_policy(self, caller: Caller, action: str, vault: VaultRow, policy: str | None) -> Decision:
         kind, wanted = policy_permissions(action)
+        if policy is not None:
+            wanted = frozenset({policy.lower()})
         for index, entry in enumerate(vault.access_policies):
             if entry.get("tenantId") != caller.tenant_id or entry.get("objectId") != caller.object_id:
                 continue

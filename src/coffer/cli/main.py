@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from rich.table import Table
 from coffer import __version__
 from coffer.cli.client import ClientError, CofferClient
 from coffer.cli.identity import identity_app
+from coffer.cli.role import role_app
 
 app = typer.Typer(
     help="Coffer: secrets, keys and certificates behind the Azure Key Vault API.",
@@ -23,6 +25,12 @@ vault_app = typer.Typer(help="Manage vaults (one per environment is the recommen
 app.add_typer(operator, name="operator")
 app.add_typer(vault_app, name="vault")
 app.add_typer(identity_app, name="identity")
+app.add_typer(role_app, name="role")
+policy_app = typer.Typer(
+    help="Legacy access policies of a vault (they decide only when the vault uses --access-policies).",
+    no_args_is_help=True,
+)
+vault_app.add_typer(policy_app, name="policy")
 console = Console()
 err = Console(stderr=True)
 
@@ -157,7 +165,7 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _vault_table(vaults: list[dict[str, Any]]) -> None:
-    table = Table("name", "url", "sku", "retention days", "purge protection", "recovery level")
+    table = Table("name", "url", "sku", "retention days", "purge protection", "recovery level", "permission model")
     for v in vaults:
         table.add_row(
             v["name"],
@@ -166,8 +174,15 @@ def _vault_table(vaults: list[dict[str, Any]]) -> None:
             str(v["softDeleteRetentionInDays"]),
             str(v["enablePurgeProtection"]),
             v["recoveryLevel"],
+            _model(v),
         )
     console.print(table)
+
+
+def _model(v: dict[str, Any]) -> str:
+    if v.get("enableRbacAuthorization", True):
+        return "rbac"
+    return f"access policies ({len(v.get('accessPolicies') or [])})"
 
 
 @vault_app.command("create")
@@ -212,6 +227,14 @@ def vault_update(
     retention_days: Annotated[int | None, typer.Option(help="Soft-delete retention, 7-90 days")] = None,
     purge_protection: Annotated[bool | None, typer.Option("--purge-protection", help="Enable (irreversible)")] = None,
     sku: Annotated[str | None, typer.Option(help="standard or premium")] = None,
+    rbac: Annotated[
+        bool | None,
+        typer.Option(
+            "--rbac/--access-policies",
+            help="Permission model: Azure RBAC role assignments (the default of new vaults), or the vault's legacy "
+            "access policies (coffer vault policy ...)",
+        ),
+    ] = None,
     addr: Addr = None,
     ca_cert: CaCert = None,
     data_dir: DataDir = Path(".coffer"),
@@ -224,6 +247,8 @@ def vault_update(
         body["enablePurgeProtection"] = True
     if sku is not None:
         body["sku"] = sku
+    if rbac is not None:
+        body["enableRbacAuthorization"] = rbac
     try:
         _vault_table([_client(addr, ca_cert, data_dir).call("PATCH", f"/admin/vaults/{name}", body)])
     except ClientError as error:
@@ -246,6 +271,172 @@ def vault_delete(
     except ClientError as error:
         _fail(error)
     console.print(f"Deleted vault {name}.")
+
+
+# --- access policies ----------------------------------------------------------------------------
+
+_PERMISSION_KINDS = (("secrets", "secret"), ("keys", "key"), ("certificates", "certificate"), ("storage", "storage"))
+
+
+def _permissions(values: list[str] | None) -> list[str]:
+    """`get,list` or repeated options → ["get", "list"]."""
+    return [p.strip() for value in values or [] for p in value.split(",") if p.strip()]
+
+
+def _policy_entry(
+    object_id: str,
+    application_id: str | None,
+    secrets: list[str] | None,
+    keys: list[str] | None,
+    certificates: list[str] | None,
+    storage: list[str] | None,
+) -> dict[str, Any]:
+    permissions = {
+        kind: _permissions(values)
+        for kind, values in (("secrets", secrets), ("keys", keys), ("certificates", certificates), ("storage", storage))
+        if _permissions(values)
+    }
+    entry: dict[str, Any] = {"objectId": object_id, "permissions": permissions}
+    if application_id:
+        entry["applicationId"] = application_id
+    return entry
+
+
+def _policy_table(result: dict[str, Any]) -> None:
+    table = Table("object id", "application id", "secrets", "keys", "certificates", "storage")
+    for entry in result["accessPolicies"]:
+        perms = entry.get("permissions", {})
+        table.add_row(
+            entry["objectId"],
+            entry.get("applicationId") or "",
+            *(", ".join(perms.get(kind) or []) for kind, _ in _PERMISSION_KINDS),
+        )
+    console.print(table)
+    count = len(result["accessPolicies"])
+    console.print(f"{count} access policy entr{'y' if count == 1 else 'ies'} (at most 1024).", highlight=False)
+    if result.get("enableRbacAuthorization"):
+        console.print(
+            f"[yellow]Vault {result['name']} uses Azure RBAC: these policies do not apply until "
+            f"`coffer vault update {result['name']} --access-policies`.[/yellow]"
+        )
+
+
+def _update_policies(
+    addr: str | None, ca_cert: str | None, data_dir: Path, vault: str, kind: str, entries: list[dict[str, Any]]
+) -> None:
+    try:
+        result = _client(addr, ca_cert, data_dir).call(
+            "PUT", f"/admin/vaults/{vault}/accessPolicies/{kind}", {"accessPolicies": entries}
+        )
+    except ClientError as error:
+        _fail(error)
+        return
+    _policy_table(result)
+
+
+ObjectId = Annotated[str, typer.Option(help="Object id of the principal (a client id is resolved to it)")]
+ApplicationId = Annotated[
+    str | None, typer.Option(help="Compound identity: the entry applies only to this application on the principal")
+]
+SecretPerms = Annotated[
+    list[str] | None,
+    typer.Option(help="Secret permissions, comma-separated: get,list,set,delete,backup,restore,recover,purge or all"),
+]
+KeyPerms = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Key permissions, comma-separated: get,list,create,import,update,delete,"
+        "encrypt,decrypt,wrapKey,unwrapKey,sign,verify,backup,restore,recover,purge,"
+        "release,rotate,getrotationpolicy,setrotationpolicy or all"
+    ),
+]
+CertificatePerms = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Certificate permissions, comma-separated: get,list,create,import,update,"
+        "delete,managecontacts,getissuers,listissuers,setissuers,deleteissuers,"
+        "manageissuers,recover,purge,backup,restore or all"
+    ),
+]
+StoragePerms = Annotated[list[str] | None, typer.Option(help="Storage account permissions, comma-separated")]
+
+
+@policy_app.command("list")
+def policy_list(vault: str, addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir = Path(".coffer")) -> None:
+    """Show a vault's access policies."""
+    try:
+        result = _client(addr, ca_cert, data_dir).call("GET", f"/admin/vaults/{vault}/accessPolicies")
+    except ClientError as error:
+        _fail(error)
+        return
+    _policy_table(result)
+
+
+@policy_app.command("add")
+def policy_add(
+    vault: str,
+    object_id: ObjectId,
+    application_id: ApplicationId = None,
+    secret_permissions: SecretPerms = None,
+    key_permissions: KeyPerms = None,
+    certificate_permissions: CertificatePerms = None,
+    storage_permissions: StoragePerms = None,
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
+) -> None:
+    """Grant permissions to a principal (merged into its entry, or a new entry)."""
+    entry = _policy_entry(
+        object_id, application_id, secret_permissions, key_permissions, certificate_permissions, storage_permissions
+    )
+    if not entry["permissions"]:
+        err.print("[red]error:[/red] give at least one of --secret-, --key-, --certificate-, --storage-permissions")
+        raise typer.Exit(2)
+    _update_policies(addr, ca_cert, data_dir, vault, "add", [entry])
+
+
+@policy_app.command("remove")
+def policy_remove(
+    vault: str,
+    object_id: ObjectId,
+    application_id: ApplicationId = None,
+    secret_permissions: SecretPerms = None,
+    key_permissions: KeyPerms = None,
+    certificate_permissions: CertificatePerms = None,
+    storage_permissions: StoragePerms = None,
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
+) -> None:
+    """Take the given permissions from a principal's entry; without any, remove the whole entry."""
+    entry = _policy_entry(
+        object_id, application_id, secret_permissions, key_permissions, certificate_permissions, storage_permissions
+    )
+    _update_policies(addr, ca_cert, data_dir, vault, "remove", [entry])
+
+
+@policy_app.command("set")
+def policy_set(
+    vault: str,
+    file: Annotated[
+        Path, typer.Option(help='JSON file: a list of entries, or {"accessPolicies": [...]} (Azure\'s shape)')
+    ],
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
+) -> None:
+    """Replace all of a vault's access policies with the file's."""
+    try:
+        document = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        err.print(f"[red]error:[/red] cannot read {file}: {error}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    if isinstance(document, dict):
+        document = document.get("accessPolicies", document.get("properties", {}).get("accessPolicies"))
+    if not isinstance(document, list):
+        err.print('[red]error:[/red] the file must hold a list of entries or {"accessPolicies": [...]}')
+        raise typer.Exit(1)
+    _update_policies(addr, ca_cert, data_dir, vault, "replace", document)
 
 
 def main() -> None:

@@ -90,6 +90,7 @@ class Operation:
     vault: str | None
     write: bool
     run: Callable[[Context], Result]
+    policy: str | None = None  # the access-policy permission, where one data action covers several
 
 
 class Pipeline:
@@ -137,7 +138,7 @@ class Pipeline:
                 vault = tx.vault_get(op.vault)
                 if vault is None:
                     raise NotFound(f"Vault {op.vault} was not found on this server.", code="VaultNotFound")
-            decision = self.authorizer.authorize(caller, op.action, op.scope, vault)
+            decision = self.authorizer.authorize(caller, op.action, op.scope, vault, op.policy)
             view = VaultView(tx, self.barrier, vault) if vault is not None else None
             result = op.run(Context(tx, self.barrier, caller, vault, view, self.authorizer))
             record = self._record(op.name, op.vault, caller, info, result.status, result.object_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from coffer.authz.policies import check_entries
 from coffer.barrier import Barrier
 from coffer.clock import now
 from coffer.errors import BadParameter, Conflict, NotFound
@@ -41,10 +42,17 @@ def as_dict(vault: VaultRow, vault_url: str) -> dict[str, Any]:
         "enablePurgeProtection": vault.purge_protection,
         "enableSoftDelete": True,
         "enableRbacAuthorization": vault.rbac_authorization,
+        "accessPolicies": vault.access_policies,
         "recoveryLevel": rules.recovery_level(vault),
         "created": vault.created,
         "updated": vault.updated,
     }
+
+
+def _rbac(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadParameter("enableRbacAuthorization must be a boolean.")
+    return value
 
 
 def get(tx: Transaction, name: str) -> VaultRow:
@@ -64,6 +72,8 @@ def create(tx: Transaction, barrier: Barrier, name: str, tenant_id: str, body: d
     purge_protection = body.get("enablePurgeProtection", False)
     if not isinstance(purge_protection, bool):
         raise BadParameter("enablePurgeProtection must be a boolean.")
+    rbac = _rbac(body.get("enableRbacAuthorization", True))
+    policies = check_entries(body.get("accessPolicies", []), tenant_id)
     stamp = now()
     vault = VaultRow(
         name=name,
@@ -73,6 +83,8 @@ def create(tx: Transaction, barrier: Barrier, name: str, tenant_id: str, body: d
         retention_days=_retention(body.get("softDeleteRetentionInDays", 90)),
         purge_protection=purge_protection,
         sku=sku,
+        rbac_authorization=rbac,
+        access_policies=policies,
         wrapped_key=barrier.new_vault_key(name),
         key_term=1,
     )
@@ -96,6 +108,10 @@ def update(tx: Transaction, name: str, body: dict[str, Any]) -> VaultRow:
         if body["sku"] not in SKUS:
             raise BadParameter("sku must be 'standard' or 'premium'.", code="SkuNotSupported")
         vault.sku = body["sku"]
+    if "enableRbacAuthorization" in body:  # the permission model: Azure RBAC, or the vault's access policies
+        vault.rbac_authorization = _rbac(body["enableRbacAuthorization"])
+    if "accessPolicies" in body:  # the whole list, as Azure's vault update replaces it
+        vault.access_policies = check_entries(body["accessPolicies"], vault.tenant_id)
     vault.updated = now()
     tx.vault_put(vault)
     return vault

@@ -1,5 +1,9 @@
 """Coffer's admin API for vaults (the CLI's `coffer vault ...` talks to it). Bearer-authenticated;
-every call runs through the same pipeline as the data plane."""
+every call runs through the same pipeline as the data plane.
+
+A vault's permission model is `enableRbacAuthorization` (default true: Azure RBAC); false makes its
+`accessPolicies` decide data-plane requests. The policies themselves are edited through
+/admin/vaults/{name}/accessPolicies (api/routes/access.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from coffer.objects import vault
 from coffer.storage import VaultRow
 
 _ACTION = "Microsoft.KeyVault/vaults/"
+_ACCESS_FIELDS = ("enableRbacAuthorization", "accessPolicies")
 
 
 async def _run(req: ApiRequest, name: str, action: str, scope: str, write: bool, run: Any) -> Result:
@@ -63,6 +68,7 @@ async def create_vault(req: ApiRequest) -> Result:
 
     result = await _run(req, "VaultPut", "write", f"/vaults/{name}", True, run)
     await req.app.vault_added(name)
+    req.app.access_changed()
     return result
 
 
@@ -74,7 +80,10 @@ async def update_vault(req: ApiRequest) -> Result:
         _own(ctx, name)
         return Result(body=_body(req, vault.update(ctx.tx, name, body)))
 
-    return await _run(req, "VaultPatch", "write", f"/vaults/{name}", True, run)
+    result = await _run(req, "VaultPatch", "write", f"/vaults/{name}", True, run)
+    if any(f in body for f in _ACCESS_FIELDS):
+        req.app.access_changed()
+    return result
 
 
 async def delete_vault(req: ApiRequest) -> Result:

@@ -14,8 +14,12 @@ from coffer.objects import secret
 _ACTION = "Microsoft.KeyVault/vaults/secrets/"
 
 
-async def _run(req: ApiRequest, name: str, action: str, scope: str, write: bool, run: Any) -> Result:
-    op = Operation(name=name, action=_ACTION + action, scope=scope, vault=req.vault, write=write, run=run)
+async def _run(
+    req: ApiRequest, name: str, action: str, scope: str, write: bool, run: Any, policy: str | None = None
+) -> Result:
+    op = Operation(
+        name=name, action=_ACTION + action, scope=scope, vault=req.vault, write=write, run=run, policy=policy
+    )
     assert req.caller is not None
     return await req.pipeline.execute(op, req.caller, req.info)
 
@@ -119,7 +123,7 @@ async def list_secrets(req: ApiRequest) -> Result:
         last = items[-1].obj.name.lower() if more and items else None
         return _page(req, ctx, items, size, "/secrets", last, versioned=False)
 
-    return await _run(req, "SecretList", "readMetadata/action", "/secrets", False, run)
+    return await _run(req, "SecretList", "readMetadata/action", "/secrets", False, run, "list")
 
 
 async def list_deleted_secrets(req: ApiRequest) -> Result:
@@ -132,7 +136,7 @@ async def list_deleted_secrets(req: ApiRequest) -> Result:
         last = items[-1].obj.name.lower() if more and items else None
         return _page(req, ctx, items, size, "/deletedsecrets", last, versioned=False, deleted=True)
 
-    return await _run(req, "SecretListDeleted", "readMetadata/action", "/deletedsecrets", False, run)
+    return await _run(req, "SecretListDeleted", "readMetadata/action", "/deletedsecrets", False, run, "list")
 
 
 async def list_secret_versions(req: ApiRequest) -> Result:
@@ -151,7 +155,7 @@ async def list_secret_versions(req: ApiRequest) -> Result:
             req, ctx, items, size, f"/secrets/{items[0].obj.name if items else name}/versions", last, versioned=True
         )
 
-    return await _run(req, "SecretListVersions", "readMetadata/action", f"/secrets/{name}", False, run)
+    return await _run(req, "SecretListVersions", "readMetadata/action", f"/secrets/{name}", False, run, "list")
 
 
 async def get_deleted_secret(req: ApiRequest) -> Result:
@@ -160,7 +164,7 @@ async def get_deleted_secret(req: ApiRequest) -> Result:
     def run(ctx: Context) -> Result:
         return _bundle(req, ctx, secret.get_deleted(ctx.require_view(), name), deleted=True)
 
-    return await _run(req, "SecretGetDeleted", "readMetadata/action", f"/deletedsecrets/{name}", False, run)
+    return await _run(req, "SecretGetDeleted", "readMetadata/action", f"/deletedsecrets/{name}", False, run, "get")
 
 
 async def purge_deleted_secret(req: ApiRequest) -> Result:
