@@ -119,7 +119,7 @@ class Pipeline:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized()
-        caller = self.tokens.verify(token.strip())
+        caller = self.tokens.verify(token.strip(), tenant)
         problem = self.index.problem(caller)
         if problem is not None:
             raise Unauthorized("AKV10032: Invalid token.", reason=problem)

@@ -22,9 +22,10 @@ class IdentityIndex:
             self._principals, self._credentials = principals, credentials
 
     def problem(self, caller: Caller) -> str | None:
-        """Why the caller's token no longer stands, or None. External callers are vouched for by their issuer."""
+        """Why the caller's token no longer stands, or None. External callers are vouched for by their issuer,
+        but may not take the object id of one of Coffer's principals (and so its role assignments)."""
         if caller.kind == "external":
-            return None
+            return "external token names a Coffer principal" if caller.object_id in self._principals else None
         if caller.object_id not in self._principals:
             return "principal deleted"
         if caller.credential_id is not None and caller.credential_id not in self._credentials:

@@ -68,7 +68,7 @@ class TokenService:
         self.lifetime = max(lifetime, 600)  # clients refresh tokens with under 5 minutes left (C9)
         self._keys: list[SigningKey] = []
         self._public: dict[str, Any] = {}
-        self._external: dict[str, IssuerRow] = {}
+        self._external: dict[str, list[IssuerRow]] = {}  # issuer URL → the tenants' trust entries
         self.jwks_cache = JwksCache()
         self._cache: dict[str, Caller] = {}
         self._lock = threading.Lock()
@@ -85,8 +85,12 @@ class TokenService:
 
     def trust_issuers(self, issuers: list[IssuerRow]) -> None:
         """External issuers whose tokens are accepted on the data plane (those with an audience)."""
+        external: dict[str, list[IssuerRow]] = {}
+        for issuer in issuers:
+            if issuer.audience:
+                external.setdefault(issuer.issuer.rstrip("/"), []).append(issuer)
         with self._lock:
-            self._external = {i.issuer.rstrip("/"): i for i in issuers if i.audience}
+            self._external = external
             self._cache.clear()
 
     def forget_cached(self) -> None:
@@ -149,10 +153,12 @@ class TokenService:
         return token, expires
 
     # --- verifying ----------------------------------------------------------------------------
-    def verify(self, token: str) -> Caller:
-        """Check signature, algorithm, issuer, audience and times; raise Unauthorized (reason for the audit)."""
+    def verify(self, token: str, tenant: str | None = None) -> Caller:
+        """Check signature, algorithm, issuer, audience and times; raise Unauthorized (reason for the audit).
+        `tenant` (the vault's) picks among tenants that trust the same external issuer."""
         cached = self._cache.get(token)
-        if cached is not None and cached.expires > time.time():
+        fresh = cached is not None and cached.expires > time.time()
+        if fresh and cached and (cached.kind != "external" or not tenant or cached.tenant_id == tenant):
             return cached
         try:
             header = jwt.get_unverified_header(token)
@@ -163,7 +169,8 @@ class TokenService:
         # Coffer's own issuers ({authority}/{tenant}/v2.0) are never an external issuer's: a trusted issuer
         # registered under this server's authority must not take over (and lock out) a tenant's own tokens.
         own = issuer.lower().startswith(self.authority.lower() + "/")
-        external = None if own else self._external.get(issuer)
+        trusting = [] if own else self._external.get(issuer, [])
+        external = next((i for i in trusting if i.tenant_id == tenant), trusting[0] if trusting else None)
         caller = self._verify_external(token, external) if external else self._verify_own(token, header)
         with self._lock:
             if len(self._cache) >= _CACHE_LIMIT:
