@@ -11,6 +11,7 @@ import json
 import re
 import ssl
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from coffer.authz import roles
 from coffer.identity import principals
+from coffer.storage import RoleAssignmentRow
 from coffer.storage.sqlite import SqliteStorage
 from tests.e2e.helpers import run_cli
 from tests.support.server import DevServer
@@ -379,6 +382,9 @@ def test_other_tenants_are_invisible(fresh_server: DevServer) -> None:
             other_secret = principals.add_secret(tx, other_admin, principals.CLIENT_SECRET).secret
             other_mi = principals.create_principal(tx, other_tenant, "other-mi", principals.MANAGED_IDENTITY)
             other_endpoint = principals.add_secret(tx, other_mi, principals.IDENTITY_ENDPOINT).credential_id
+            # the other tenant's administrator, as `coffer operator init` makes one
+            tx.role_assignment_put(RoleAssignmentRow(str(uuid.uuid4()), "/", roles.ADMINISTRATOR,
+                                                     other_admin.object_id, 0))
     finally:
         storage.close()
     server.restart()

@@ -29,8 +29,8 @@ _ACCESS_CHANGES = (
     "Microsoft.Authorization/roleAssignments/delete",
     "Microsoft.KeyVault/vaults/accessPolicies/write",
 )
-# Open to every authenticated caller: the handler shows only what the caller may see.
-_FILTERED = frozenset({"Microsoft.KeyVault/vaults/list"})
+# Open to every authenticated caller: the handler shows only what the caller may see (its vaults, its tenant).
+_FILTERED = frozenset({"Microsoft.KeyVault/vaults/list", "Microsoft.Coffer/identity/tenant/read"})
 
 
 @dataclass(frozen=True)

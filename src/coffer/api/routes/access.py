@@ -271,10 +271,12 @@ async def create_assignment(req: ApiRequest) -> Result:
         _check_tenant(ctx, scope)
         principal_id = _principal_object_id(ctx, reference)
         if principal_id is None:
-            raise BadParameter(
-                f"Principal {reference[:64]} does not exist in the tenant {ctx.caller.tenant_id}.",
-                code="PrincipalNotFound",
-            )
+            if ctx.tx.principal_get(reference) is not None or len(reference) > 256:  # another tenant's principal
+                raise BadParameter(
+                    f"Principal {reference[:64]} does not exist in the tenant {ctx.caller.tenant_id}.",
+                    code="PrincipalNotFound",
+                )
+            principal_id = reference  # the object id (oid or sub) of a trusted external issuer's identity
         role_ref = props.get("roleDefinitionId")
         role = ctx.authorizer.role(manage.role_id_of(role_ref)) if isinstance(role_ref, str) else None
         if role is not None:
