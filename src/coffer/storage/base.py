@@ -113,6 +113,7 @@ class ObjectRow:
     latest: str | None = None
     deleted: int | None = None
     purge_at: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # clear per-object settings (a key's rotation policy)
 
 
 @dataclass

@@ -61,4 +61,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX role_assignments_by_scope ON role_assignments(scope);
     ALTER TABLE vaults ADD COLUMN access_policies TEXT
     """,
+    # 4: per-object data (a key's rotation policy)
+    """
+    ALTER TABLE objects ADD COLUMN data TEXT
+    """,
 ]

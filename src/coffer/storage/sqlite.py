@@ -62,6 +62,7 @@ def _object(row: sqlite3.Row) -> ObjectRow:
         latest=row["latest"],
         deleted=row["deleted"],
         purge_at=row["purge_at"],
+        data=orjson.loads(row["data"]) if row["data"] else {},
     )
 
 
@@ -348,10 +349,20 @@ class _SqliteTransaction(Transaction):
 
     def object_put(self, row: ObjectRow) -> None:
         self._c.execute(
-            "INSERT INTO objects(vault, kind, name_key, name, latest, deleted, purge_at) VALUES (?,?,?,?,?,?,?) "
+            "INSERT INTO objects(vault, kind, name_key, name, latest, deleted, purge_at, data) "
+            "VALUES (?,?,?,?,?,?,?,?) "
             "ON CONFLICT(vault, kind, name_key) DO UPDATE SET latest=excluded.latest, "
-            "deleted=excluded.deleted, purge_at=excluded.purge_at",
-            (row.vault.lower(), row.kind, row.name.lower(), row.name, row.latest, row.deleted, row.purge_at),
+            "deleted=excluded.deleted, purge_at=excluded.purge_at, data=excluded.data",
+            (
+                row.vault.lower(),
+                row.kind,
+                row.name.lower(),
+                row.name,
+                row.latest,
+                row.deleted,
+                row.purge_at,
+                orjson.dumps(row.data) if row.data else None,
+            ),
         )
 
     def object_purge(self, vault: str, kind: str, name: str) -> None:
