@@ -22,10 +22,11 @@ from coffer.clock import now
 from coffer.config import Config
 from coffer.core import Pipeline
 from coffer.crypto import signing, tls
+from coffer.crypto.software import SoftwareBackend
 from coffer.identity import principals
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
-from coffer.objects import vault
+from coffer.objects import key, vault
 from coffer.storage import RoleAssignmentRow, Storage, Transaction
 from coffer.storage.sqlite import SqliteStorage
 
@@ -62,6 +63,7 @@ class Coffer:
         self.pipeline = Pipeline(
             self.storage, self.barrier, self.tokens, self.identity_index, self.authorizer, self.audit
         )
+        self.key_backends = key.Backends(software=SoftwareBackend())
         self.api = Api(self)
         self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from coffer.errors import BadParameter
 from coffer.objects import rules
+from coffer.objects.key import Key
 from coffer.objects.secret import Secret
 from coffer.storage import VaultRow
 
@@ -61,8 +62,8 @@ def next_link(vault_url: str, path: str, api_version: str | None, after: str, si
     return f"{vault_url}{path}?api-version={quote(api_version or '7.4', safe='')}&$skiptoken={token}&maxresults={size}"
 
 
-def attributes(secret: Secret, vault: VaultRow) -> dict[str, Any]:
-    row = secret.row
+def attributes(item: Secret | Key, vault: VaultRow) -> dict[str, Any]:
+    row = item.row
     result: dict[str, Any] = {"enabled": row.enabled}
     if row.nbf is not None:
         result["nbf"] = row.nbf
@@ -129,4 +130,37 @@ def deleted_fields(secret: Secret, vault_url: str) -> dict[str, Any]:
         "recoveryId": f"{vault_url}/deletedsecrets/{secret.obj.name}",
         "deletedDate": secret.obj.deleted,
         "scheduledPurgeDate": secret.obj.purge_at,
+    }
+
+
+def key_id(vault_url: str, key: Key, *, versioned: bool = True) -> str:
+    base = f"{vault_url}/keys/{key.obj.name}"
+    return f"{base}/{key.row.version}" if versioned else base
+
+
+def key_bundle(key: Key, vault: VaultRow, vault_url: str) -> dict[str, Any]:
+    """A KeyBundle: the public JWK only, never private or symmetric material."""
+    jwk: dict[str, Any] = {"kid": key_id(vault_url, key), "kty": key.kty, "key_ops": key.key_ops, **key.public}
+    body: dict[str, Any] = {"key": jwk, "attributes": attributes(key, vault)}
+    if key.row.tags is not None:
+        body["tags"] = key.row.tags
+    if key.row.managed:
+        body["managed"] = True
+    return body
+
+
+def key_item(key: Key, vault: VaultRow, vault_url: str, *, versioned: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {"kid": key_id(vault_url, key, versioned=versioned), "attributes": attributes(key, vault)}
+    if key.row.tags is not None:
+        item["tags"] = key.row.tags
+    if key.row.managed:
+        item["managed"] = True
+    return item
+
+
+def deleted_key_fields(key: Key, vault_url: str) -> dict[str, Any]:
+    return {
+        "recoveryId": f"{vault_url}/deletedkeys/{key.obj.name}",
+        "deletedDate": key.obj.deleted,
+        "scheduledPurgeDate": key.obj.purge_at,
     }

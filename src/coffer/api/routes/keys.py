@@ -1,0 +1,311 @@
+"""The Keys API of Key Vault (specs/keyvault/2026-04-01/keys.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coffer.api import wire
+from coffer.api.request import ApiRequest
+from coffer.api.routing import Route
+from coffer.core import Context, Operation, Result
+from coffer.errors import BadParameter
+from coffer.objects import key
+
+_ACTION = "Microsoft.KeyVault/vaults/"
+_OPS = {
+    "encrypt": "encrypt",
+    "decrypt": "decrypt",
+    "sign": "sign",
+    "verify": "verify",
+    "wrapkey": "wrapKey",
+    "unwrapkey": "unwrapKey",
+}
+_OP_ACTIONS = {
+    "encrypt": "encrypt",
+    "decrypt": "decrypt",
+    "sign": "sign",
+    "verify": "verify",
+    "wrapKey": "wrap",
+    "unwrapKey": "unwrap",
+}
+_OP_NAMES = {
+    "encrypt": "KeyEncrypt",
+    "decrypt": "KeyDecrypt",
+    "sign": "KeySign",
+    "verify": "KeyVerify",
+    "wrapKey": "KeyWrap",
+    "unwrapKey": "KeyUnwrap",
+}
+
+
+async def _run(
+    req: ApiRequest, name: str, action: str, scope: str, write: bool, run: Any, policy: str | None = None
+) -> Result:
+    op = Operation(
+        name=name, action=_ACTION + action, scope=scope, vault=req.vault, write=write, run=run, policy=policy
+    )
+    assert req.caller is not None
+    return await req.pipeline.execute(op, req.caller, req.info)
+
+
+def _backends(req: ApiRequest) -> key.Backends:
+    backends: key.Backends = req.app.key_backends
+    return backends
+
+
+def _bundle(req: ApiRequest, ctx: Context, item: key.Key, *, deleted: bool = False) -> Result:
+    assert ctx.vault is not None
+    body = wire.key_bundle(item, ctx.vault, req.vault_url)
+    if deleted:
+        body.update(wire.deleted_key_fields(item, req.vault_url))
+    return Result(body=body, object_id=wire.key_id(req.vault_url, item))
+
+
+async def create_key(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.create(ctx.require_view(), _backends(req), name, body))
+
+    return await _run(req, "KeyCreate", "keys/create/action", f"/keys/{name}", True, run)
+
+
+async def import_key(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.import_key(ctx.require_view(), _backends(req), name, body))
+
+    return await _run(req, "KeyImport", "keys/import/action", f"/keys/{name}", True, run)
+
+
+async def rotate_key(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.rotate(ctx.require_view(), _backends(req), name))
+
+    return await _run(req, "KeyRotate", "keys/rotate/action", f"/keys/{name}", True, run)
+
+
+async def get_key(req: ApiRequest) -> Result:
+    name, version = req.params["name"], req.params.get("version") or None
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.get(ctx.require_view(), name, version))
+
+    return await _run(req, "KeyGet", "keys/read", f"/keys/{name}", False, run, "get")
+
+
+async def update_key(req: ApiRequest) -> Result:
+    name, version = req.params["name"], req.params.get("version") or None
+    body = await req.json()
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.update(ctx.require_view(), name, version, body))
+
+    return await _run(req, "KeyUpdate", "keys/update/action", f"/keys/{name}", True, run)
+
+
+async def delete_key(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.delete(ctx.require_view(), name), deleted=True)
+
+    return await _run(req, "KeyDelete", "keys/delete", f"/keys/{name}", True, run)
+
+
+def _page(
+    req: ApiRequest,
+    ctx: Context,
+    items: list[key.Key],
+    size: int,
+    path: str,
+    after: str | None,
+    *,
+    versioned: bool,
+    deleted: bool = False,
+) -> Result:
+    assert ctx.vault is not None
+    values = []
+    for item in items:
+        value = wire.key_item(item, ctx.vault, req.vault_url, versioned=versioned)
+        if deleted:
+            value.update(wire.deleted_key_fields(item, req.vault_url))
+        values.append(value)
+    link = wire.next_link(req.vault_url, path, req.info.api_version, after, size) if after else None
+    return Result(body={"value": values, "nextLink": link})
+
+
+async def _list(req: ApiRequest, *, deleted: bool) -> Result:
+    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
+    path = "/deletedkeys" if deleted else "/keys"
+
+    def run(ctx: Context) -> Result:
+        items = key.list_latest(ctx.require_view(), deleted=deleted, after=after, limit=size + 1)
+        last = items[size - 1].obj.name.lower() if len(items) > size else None
+        return _page(req, ctx, items[:size], size, path, last, versioned=False, deleted=deleted)
+
+    name = "KeyListDeleted" if deleted else "KeyList"
+    return await _run(req, name, "keys/read", path, False, run, "list")
+
+
+async def list_keys(req: ApiRequest) -> Result:
+    return await _list(req, deleted=False)
+
+
+async def list_deleted_keys(req: ApiRequest) -> Result:
+    return await _list(req, deleted=True)
+
+
+async def list_key_versions(req: ApiRequest) -> Result:
+    name = req.params["name"]
+    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
+    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 18):
+        raise BadParameter("Invalid $skiptoken.")
+
+    def run(ctx: Context) -> Result:
+        items = key.list_versions(ctx.require_view(), name, after_seq=int(after) if after else None, limit=size + 1)
+        last = str(items[size - 1].row.seq) if len(items) > size else None
+        shown = items[0].obj.name if items else name
+        return _page(req, ctx, items[:size], size, f"/keys/{shown}/versions", last, versioned=True)
+
+    return await _run(req, "KeyListVersions", "keys/read", f"/keys/{name}", False, run, "list")
+
+
+async def get_deleted_key(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.get_deleted(ctx.require_view(), name), deleted=True)
+
+    return await _run(req, "KeyGetDeleted", "keys/read", f"/deletedkeys/{name}", False, run, "get")
+
+
+async def purge_deleted_key(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        key.purge(ctx.require_view(), _backends(req), name)
+        return Result(status=204, object_id=f"{req.vault_url}/deletedkeys/{name}")
+
+    return await _run(req, "KeyPurge", "keys/purge/action", f"/deletedkeys/{name}", True, run)
+
+
+async def recover_deleted_key(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.recover(ctx.require_view(), name))
+
+    return await _run(req, "KeyRecover", "keys/recover/action", f"/deletedkeys/{name}", True, run)
+
+
+async def backup_key(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        blob = key.backup(ctx.require_view(), name)
+        return Result(body={"value": wire.b64url_encode(blob)}, object_id=f"{req.vault_url}/keys/{name}")
+
+    return await _run(req, "KeyBackup", "keys/backup/action", f"/keys/{name}", False, run)
+
+
+async def restore_key(req: ApiRequest) -> Result:
+    blob = wire.b64url_decode((await req.json()).get("value"))
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, key.restore(ctx.require_view(), blob))
+
+    return await _run(req, "KeyRestore", "keys/restore/action", "/keys", True, run)
+
+
+def _optional_b64(body: dict[str, Any], field: str) -> bytes | None:
+    return wire.b64url_decode(body[field], field) if body.get(field) not in (None, "") else None
+
+
+async def key_operation(req: ApiRequest) -> Result:
+    name, version = req.params["name"], req.params.get("version") or None
+    op = _OPS.get(req.params["op"].lower())
+    if op is None:
+        raise BadParameter(f"Unknown key operation {req.params['op'][:32]!r}.")
+    body = await req.json()
+    alg = body.get("alg")
+    if not isinstance(alg, str) or not alg:
+        raise BadParameter("Property alg is required.")
+    inputs = {f: _optional_b64(body, f) for f in ("value", "iv", "aad", "tag", "digest")}
+    if inputs["value"] is None:
+        raise BadParameter("Property value is required.")
+
+    def run(ctx: Context) -> Result:
+        item, out = key.operate(ctx.require_view(), _backends(req), name, version, op, inputs, alg)
+        kid = wire.key_id(req.vault_url, item)
+        if op == "verify":
+            return Result(body={"value": bool(out["value"])}, object_id=kid)
+        result: dict[str, Any] = {"kid": kid}
+        for field in ("value", "iv", "tag", "aad"):
+            data = out.get(field)
+            if isinstance(data, bytes):
+                result[field] = wire.b64url_encode(data)
+        return Result(body=result, object_id=kid)
+
+    return await _run(req, _OP_NAMES[op], f"keys/{_OP_ACTIONS[op]}/action", f"/keys/{name}", False, run)
+
+
+async def get_rotation_policy(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        policy = key.get_policy(ctx.require_view(), name)
+        return Result(body={"id": f"{req.vault_url}/keys/{name}/rotationpolicy", **policy})
+
+    return await _run(req, "KeyRotationPolicyGet", "keyrotationpolicies/read", f"/keys/{name}", False, run)
+
+
+async def set_rotation_policy(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        policy = key.set_policy(ctx.require_view(), name, body)
+        return Result(body={"id": f"{req.vault_url}/keys/{name}/rotationpolicy", **policy})
+
+    return await _run(req, "KeyRotationPolicySet", "keyrotationpolicies/write", f"/keys/{name}", True, run)
+
+
+async def random_bytes(req: ApiRequest) -> Result:
+    body = await req.json()
+    value = key.random_bytes(body.get("count"))
+
+    def run(ctx: Context) -> Result:
+        return Result(body={"value": wire.b64url_encode(value)})
+
+    return await _run(req, "GetRandomBytes", "keys/read", "/keys", False, run, "get")
+
+
+async def not_supported(req: ApiRequest) -> Result:
+    raise BadParameter("Key release and key attestation are not supported by this server.", code="NotSupported")
+
+
+ROUTES = [
+    Route("GET", "/keys", list_keys, "KeyList"),
+    Route("POST", "/keys/restore", restore_key, "KeyRestore"),
+    Route("POST", "/rng", random_bytes, "GetRandomBytes"),
+    Route("GET", "/keys/{name}/versions", list_key_versions, "KeyListVersions"),
+    Route("POST", "/keys/{name}/create", create_key, "KeyCreate"),
+    Route("POST", "/keys/{name}/rotate", rotate_key, "KeyRotate"),
+    Route("POST", "/keys/{name}/backup", backup_key, "KeyBackup"),
+    Route("GET", "/keys/{name}/rotationpolicy", get_rotation_policy, "KeyRotationPolicyGet"),
+    Route("PUT", "/keys/{name}/rotationpolicy", set_rotation_policy, "KeyRotationPolicySet"),
+    Route("PUT", "/keys/{name}", import_key, "KeyImport"),
+    Route("DELETE", "/keys/{name}", delete_key, "KeyDelete"),
+    Route("POST", "/keys/{name}/{version}/release", not_supported, "KeyRelease"),
+    Route("GET", "/keys/{name}/{version}/attestation", not_supported, "KeyGetAttestation"),
+    Route("POST", "/keys/{name}/{version}/{op}", key_operation, "KeyOperation"),
+    Route("GET", "/keys/{name}/{version?}", get_key, "KeyGet"),
+    Route("PATCH", "/keys/{name}/{version?}", update_key, "KeyUpdate"),
+    Route("GET", "/deletedkeys", list_deleted_keys, "KeyListDeleted"),
+    Route("GET", "/deletedkeys/{name}", get_deleted_key, "KeyGetDeleted"),
+    Route("DELETE", "/deletedkeys/{name}", purge_deleted_key, "KeyPurge"),
+    Route("POST", "/deletedkeys/{name}/recover", recover_deleted_key, "KeyRecover"),
+]

@@ -1,0 +1,505 @@
+"""Keys: versioned cryptographic keys whose private parts never leave Coffer (or the HSM).
+
+Software keys are stored sealed under the barrier like secret values; HSM keys live in the PKCS#11 token and
+storage holds only a reference. Every operation goes through a crypto.keys.KeyBackend.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from coffer.barrier import VaultView
+from coffer.clock import now
+from coffer.crypto import envelope
+from coffer.crypto.keys import HSM_TYPES, SOFTWARE_TYPES, KeyBackend, KeyMaterial, KeyOperationError
+from coffer.errors import BadParameter, Conflict, Forbidden
+from coffer.objects import lifecycle, rules
+from coffer.storage import ObjectRow, VersionRow
+
+KIND = "key"
+KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey", "import", "export")
+DEFAULT_OPS = {
+    "RSA": ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"],
+    "EC": ["sign", "verify"],
+    "oct": ["encrypt", "decrypt", "wrapKey", "unwrapKey"],
+}
+# Operations still allowed outside a key's nbf/exp window (Key Vault's rule).
+_ALLOWED_OUTSIDE_DATES = frozenset({"decrypt", "unwrapKey", "verify"})
+_BACKUP_FORMAT = 1
+MAX_BACKUP_VERSIONS = 500
+_DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?$")
+
+
+@dataclass
+class Backends:
+    software: KeyBackend
+    hsm: KeyBackend | None = None
+
+    def for_type(self, kty: str) -> KeyBackend:
+        if kty in HSM_TYPES:
+            if self.hsm is None:
+                raise BadParameter("No HSM is configured on this server, so HSM-protected keys are not available.")
+            return self.hsm
+        return self.software
+
+
+@dataclass
+class Key:
+    obj: ObjectRow
+    row: VersionRow
+
+    @property
+    def kty(self) -> str:
+        return str(self.row.extra["kty"])
+
+    @property
+    def key_ops(self) -> list[str]:
+        return list(self.row.extra.get("key_ops", []))
+
+    @property
+    def public(self) -> dict[str, str]:
+        return dict(self.row.extra.get("public", {}))
+
+
+# --- validation ------------------------------------------------------------------------------------------
+def _check_kty(view: VaultView, kty: Any) -> str:
+    if kty not in SOFTWARE_TYPES + HSM_TYPES:
+        raise BadParameter(f"The key type (kty) {str(kty)[:32]!r} is not supported.")
+    if kty in HSM_TYPES and view.vault.sku != "premium":
+        raise BadParameter(f"Hardware key operation not allowed on standard vault: kty {kty} needs a premium vault.")
+    return str(kty)
+
+
+def _check_key_ops(value: Any, default: list[str]) -> list[str]:
+    if value is None:
+        return list(default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadParameter("Property key_ops must be a list of strings.")
+    wanted = {v.lower(): v for v in KEY_OPS}
+    unknown = [v for v in value if v.lower() not in wanted]
+    if unknown:
+        raise BadParameter(f"Invalid key operation {unknown[0][:32]!r}.")
+    return list(dict.fromkeys(wanted[v.lower()] for v in value))
+
+
+def _check_release_policy(body: dict[str, Any]) -> None:
+    if body.get("release_policy") is not None:
+        raise BadParameter("Key release policies are not supported by this server.", code="NotSupported")
+    if (body.get("attributes") or {}).get("exportable"):
+        raise BadParameter("AKV.SKR.1004: Exportable keys must have release policy.")
+
+
+def _int_field(body: dict[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadParameter(f"Property {field} must be an integer.")
+    return value
+
+
+def _check_free(view: VaultView, name: str) -> ObjectRow:
+    obj = view.object_get(KIND, name)
+    if obj is not None and obj.deleted is not None:
+        raise Conflict(
+            f"Key {obj.name} is currently in a deleted but recoverable state, and its name cannot be reused; in this "
+            "state, the key can only be recovered or purged.",
+            inner="ObjectIsDeletedButRecoverable",
+        )
+    return obj or ObjectRow(vault=view.name, kind=KIND, name=name)
+
+
+# --- creating versions -----------------------------------------------------------------------------------
+def _store(
+    view: VaultView, obj: ObjectRow, material: KeyMaterial, *, key_ops: list[str], attributes: Any, tags: Any
+) -> Key:
+    attrs = rules.check_attributes(attributes)
+    tags = rules.check_tags(tags)
+    version = rules.new_version()
+    stamp = now()
+    exp = attrs.get("exp")
+    expiry = (obj.data.get("rotationPolicy") or {}).get("attributes", {}).get("expiryTime")
+    if exp is None and expiry:
+        exp = _add_duration(stamp, expiry)
+    extra: dict[str, Any] = {
+        "kty": material.kty,
+        "key_ops": key_ops,
+        "public": material.public,
+        "hsm": material.kty in HSM_TYPES,
+    }
+    if material.size:
+        extra["size"] = material.size
+    if material.curve:
+        extra["crv"] = material.curve
+    row = VersionRow(
+        vault=view.name,
+        kind=KIND,
+        name=obj.name,
+        version=version,
+        created=stamp,
+        updated=stamp,
+        enabled=attrs.get("enabled", True),
+        nbf=attrs.get("nbf"),
+        exp=exp,
+        tags=tags,
+        payload=view.seal(KIND, obj.name, version, "key", material.private),
+        extra=extra,
+    )
+    view.version_put(row)
+    obj.latest = version
+    view.object_put(obj)
+    return Key(obj, row)
+
+
+def create(view: VaultView, backends: Backends, name: str, body: dict[str, Any]) -> Key:
+    rules.check_name(name, "key")
+    kty = _check_kty(view, body.get("kty"))
+    _check_release_policy(body)
+    size, exponent = _int_field(body, "key_size"), _int_field(body, "public_exponent")
+    curve = body.get("crv")
+    if curve is not None and not isinstance(curve, str):
+        raise BadParameter("Property crv must be a string.")
+    family = kty.removesuffix("-HSM")
+    if family == "RSA" and size is None:
+        size = 2048
+    if family == "EC" and curve is None:
+        curve = "P-256"
+    if family == "oct" and size is None:
+        size = 256
+    key_ops = _check_key_ops(body.get("key_ops"), DEFAULT_OPS[family])
+    obj = _check_free(view, name)
+    try:
+        material = backends.for_type(kty).generate(kty, size=size, curve=curve, public_exponent=exponent)
+    except KeyOperationError as exc:
+        raise BadParameter(str(exc)) from None
+    return _store(view, obj, material, key_ops=key_ops, attributes=body.get("attributes"), tags=body.get("tags"))
+
+
+def import_key(view: VaultView, backends: Backends, name: str, body: dict[str, Any]) -> Key:
+    rules.check_name(name, "key")
+    jwk = body.get("key")
+    if not isinstance(jwk, dict):
+        raise BadParameter("Property key (a JSON web key) is required.")
+    kty = jwk.get("kty")
+    if body.get("Hsm") is True and kty in SOFTWARE_TYPES:
+        kty = f"{kty}-HSM"
+    _check_kty(view, kty)
+    _check_release_policy(body)
+    family = str(kty).removesuffix("-HSM")
+    key_ops = _check_key_ops(jwk.get("key_ops"), DEFAULT_OPS[family])
+    obj = _check_free(view, name)
+    try:
+        material = backends.for_type(str(kty)).import_jwk({**jwk, "kty": str(kty)})
+    except KeyOperationError as exc:
+        raise BadParameter(str(exc)) from None
+    return _store(view, obj, material, key_ops=key_ops, attributes=body.get("attributes"), tags=body.get("tags"))
+
+
+def rotate(view: VaultView, backends: Backends, name: str) -> Key:
+    """A new version with the same type, size or curve and key_ops."""
+    obj = lifecycle.live(view, KIND, name)
+    current = Key(obj, lifecycle.version(view, KIND, obj, None))
+    extra = current.row.extra
+    material = backends.for_type(current.kty).generate(
+        current.kty,
+        size=extra.get("size"),
+        curve=extra.get("crv"),
+        public_exponent=None,
+    )
+    return _store(view, obj, material, key_ops=current.key_ops, attributes=None, tags=current.row.tags)
+
+
+# --- reading and changing --------------------------------------------------------------------------------
+def get(view: VaultView, name: str, version: str | None) -> Key:
+    obj = lifecycle.live(view, KIND, name)
+    return Key(obj, lifecycle.version(view, KIND, obj, version))
+
+
+def update(view: VaultView, name: str, version: str | None, body: dict[str, Any]) -> Key:
+    key = get(view, name, version)
+    _check_release_policy(body)
+    if "key_ops" in body:
+        key.row.extra["key_ops"] = _check_key_ops(body["key_ops"], key.key_ops)
+    if "tags" in body:
+        key.row.tags = rules.check_tags(body["tags"])
+    for field, value in rules.check_attributes(body.get("attributes")).items():
+        setattr(key.row, field, value)
+    if key.row.nbf is not None and key.row.exp is not None and key.row.nbf > key.row.exp:
+        raise BadParameter("Property attributes has invalid value: nbf must not be later than exp.")
+    key.row.updated = now()
+    view.version_put(key.row)
+    return key
+
+
+def delete(view: VaultView, name: str) -> Key:
+    obj = lifecycle.live(view, KIND, name)
+    key = Key(obj, lifecycle.version(view, KIND, obj, None))
+    lifecycle.soft_delete(view, obj)
+    return key
+
+
+def get_deleted(view: VaultView, name: str) -> Key:
+    obj = lifecycle.deleted(view, KIND, name)
+    return Key(obj, lifecycle.version(view, KIND, obj, None))
+
+
+def recover(view: VaultView, name: str) -> Key:
+    obj = lifecycle.deleted(view, KIND, name)
+    lifecycle.recover(view, obj)
+    return Key(obj, lifecycle.version(view, KIND, obj, None))
+
+
+def purge(view: VaultView, backends: Backends, name: str) -> None:
+    obj = lifecycle.deleted(view, KIND, name)
+    lifecycle.check_purge_allowed(view)
+    destroy_versions(view, backends, obj)
+    view.object_purge(KIND, obj.name)
+
+
+def destroy_versions(view: VaultView, backends: Backends, obj: ObjectRow) -> None:
+    """HSM objects are deleted from the token; software keys vanish with their rows."""
+    after = None
+    while True:
+        rows = view.version_list(KIND, obj.name, after_seq=after, limit=100)
+        if not rows:
+            return
+        for row in rows:
+            if row.extra.get("hsm") and backends.hsm is not None:
+                backends.hsm.destroy(_material(view, row))
+        after = rows[-1].seq
+
+
+def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int) -> list[Key]:
+    objects = view.object_list(KIND, deleted=deleted, after=after, limit=limit)
+    latest = view.latest_versions(KIND, objects)
+    return [Key(o, latest[o.name.lower()]) for o in objects if o.name.lower() in latest]
+
+
+def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: int) -> list[Key]:
+    obj = lifecycle.live(view, KIND, name)
+    return [Key(obj, row) for row in view.version_list(KIND, obj.name, after_seq=after_seq, limit=limit)]
+
+
+# --- cryptographic operations ----------------------------------------------------------------------------
+def _material(view: VaultView, row: VersionRow) -> KeyMaterial:
+    extra = row.extra
+    return KeyMaterial(
+        kty=str(extra["kty"]),
+        public=dict(extra.get("public", {})),
+        private=view.open(KIND, row.name, row.version, "key", row.payload),
+        size=extra.get("size"),
+        curve=extra.get("crv"),
+    )
+
+
+def _check_usable(key: Key, op: str) -> None:
+    row = key.row
+    if not row.enabled:
+        raise Forbidden(f"Operation {op} is not allowed on a disabled key.", inner="KeyDisabled")
+    if op not in key.key_ops:
+        raise BadParameter(f"Operation {op} is not permitted by the key's key_ops.", code="BadParameter")
+    stamp = now()
+    if op not in _ALLOWED_OUTSIDE_DATES:
+        if row.exp is not None and stamp > row.exp:
+            raise Forbidden(f"Operation {op} is not allowed on an expired key.", inner="KeyExpired")
+        if row.nbf is not None and stamp < row.nbf:
+            raise Forbidden(f"Operation {op} is not allowed on a key that is not yet valid.", inner="KeyNotYetValid")
+
+
+def operate(
+    view: VaultView,
+    backends: Backends,
+    name: str,
+    version: str | None,
+    op: str,
+    inputs: dict[str, bytes | None],
+    alg: str,
+) -> tuple[Key, dict[str, bytes | bool | None]]:
+    """Run encrypt, decrypt, sign, verify, wrapKey or unwrapKey; inputs are decoded bytes."""
+    key = get(view, name, version)
+    _check_usable(key, op)
+    backend = backends.for_type(key.kty)
+    material = _material(view, key.row)
+    value = inputs.get("value") or b""
+    try:
+        if op == "encrypt":
+            result = backend.encrypt(material, alg, value, iv=inputs.get("iv"), aad=inputs.get("aad"))
+            return key, {"value": result.value, "iv": result.iv, "tag": result.tag, "aad": result.aad}
+        if op == "decrypt":
+            plain = backend.decrypt(
+                material, alg, value, iv=inputs.get("iv"), aad=inputs.get("aad"), tag=inputs.get("tag")
+            )
+            return key, {"value": plain}
+        if op == "wrapKey":
+            return key, {"value": backend.wrap(material, alg, value)}
+        if op == "unwrapKey":
+            return key, {"value": backend.unwrap(material, alg, value)}
+        if op == "sign":
+            return key, {"value": backend.sign(material, alg, inputs.get("digest") or value)}
+        if op == "verify":
+            return key, {"value": backend.verify(material, alg, inputs.get("digest") or b"", value)}
+    except KeyOperationError as exc:
+        raise BadParameter(str(exc)) from None
+    raise BadParameter(f"Unknown key operation {op}.")
+
+
+def random_bytes(count: Any) -> bytes:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 128:
+        raise BadParameter("GetRandomBytesRequest: count cannot be greater than 128 or less than 1")
+    return secrets.token_bytes(count)
+
+
+# --- rotation policy -------------------------------------------------------------------------------------
+def _add_duration(start: int, duration: str) -> int:
+    match = _DURATION.match(duration)
+    if not match or not any(match.groups()):
+        raise BadParameter(f"Invalid ISO 8601 duration {duration[:32]!r}: use PnYnMnD, e.g. P90D.")
+    years, months, days = (int(g or 0) for g in match.groups())
+    moment = datetime.fromtimestamp(start, UTC)
+    month_index = moment.month - 1 + months + 12 * years
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    day = min(moment.day, 28) if (year, month) != (moment.year, moment.month) else moment.day
+    return int(moment.replace(year=year, month=month, day=day).timestamp()) + days * 86400
+
+
+def get_policy(view: VaultView, name: str) -> dict[str, Any]:
+    obj = lifecycle.live(view, KIND, name)
+    policy = obj.data.get("rotationPolicy")
+    if policy is None:
+        return {
+            "lifetimeActions": [{"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Notify"}}],
+            "attributes": {},
+        }
+    return dict(policy)
+
+
+def set_policy(view: VaultView, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    obj = lifecycle.live(view, KIND, name)
+    actions = body.get("lifetimeActions") or []
+    if not isinstance(actions, list):
+        raise BadParameter("lifetimeActions must be a list.")
+    clean_actions = []
+    for action in actions:
+        trigger = (action or {}).get("trigger") or {}
+        kind = str(((action or {}).get("action") or {}).get("type", ""))
+        if kind.lower() not in ("rotate", "notify"):
+            raise BadParameter("A lifetime action's type must be Rotate or Notify.")
+        triggers = {k: v for k, v in trigger.items() if k in ("timeAfterCreate", "timeBeforeExpiry") and v}
+        if len(triggers) != 1:
+            raise BadParameter("A lifetime action needs exactly one trigger: timeAfterCreate or timeBeforeExpiry.")
+        for value in triggers.values():
+            _add_duration(0, str(value))
+        clean_actions.append(
+            {"trigger": triggers, "action": {"type": "Rotate" if kind.lower() == "rotate" else "Notify"}}
+        )
+    attributes = body.get("attributes") or {}
+    expiry = attributes.get("expiryTime")
+    if expiry is not None:
+        _add_duration(0, str(expiry))
+    stamp = now()
+    previous = obj.data.get("rotationPolicy") or {}
+    created = (previous.get("attributes") or {}).get("created", stamp)
+    policy = {
+        "lifetimeActions": clean_actions,
+        "attributes": {**({"expiryTime": expiry} if expiry else {}), "created": created, "updated": stamp},
+    }
+    obj.data = {**obj.data, "rotationPolicy": policy}
+    view.object_put(obj)
+    return policy
+
+
+def due_action(key: Key, at: int) -> str | None:
+    """ "Rotate" or "Notify" when the key's rotation policy says so at time `at` (for the scheduler)."""
+    policy = key.obj.data.get("rotationPolicy") or {}
+    for action in policy.get("lifetimeActions", []):
+        trigger, kind = action["trigger"], action["action"]["type"]
+        if "timeAfterCreate" in trigger and _add_duration(key.row.created, trigger["timeAfterCreate"]) <= at:
+            return str(kind)
+        before = trigger.get("timeBeforeExpiry")
+        if before and key.row.exp is not None and key.row.exp - _add_duration(0, before) <= at:
+            return str(kind)
+    return None
+
+
+# --- backup and restore ----------------------------------------------------------------------------------
+def backup(view: VaultView, name: str) -> bytes:
+    obj = lifecycle.live(view, KIND, name)
+    rows = view.version_list(KIND, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
+    if len(rows) > MAX_BACKUP_VERSIONS:
+        raise BadParameter(f"Backup of a key with more than {MAX_BACKUP_VERSIONS} versions is not supported.")
+    document = {
+        "format": _BACKUP_FORMAT,
+        "kind": KIND,
+        "name": obj.name,
+        "latest": obj.latest,
+        "data": obj.data,
+        "versions": [
+            {
+                "version": r.version,
+                "created": r.created,
+                "updated": r.updated,
+                "enabled": r.enabled,
+                "nbf": r.nbf,
+                "exp": r.exp,
+                "tags": r.tags,
+                "managed": r.managed,
+                "extra": r.extra,
+                "key": view.open(KIND, r.name, r.version, "key", r.payload).hex(),
+            }
+            for r in rows
+        ],
+    }
+    return view.barrier.seal_backup(KIND, orjson.dumps(document))
+
+
+def restore(view: VaultView, blob: bytes) -> Key:
+    try:
+        document = orjson.loads(view.barrier.open_backup(KIND, blob))
+        if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND:
+            raise ValueError("unexpected backup document")
+        name, latest = rules.check_name(str(document["name"]), "key"), str(document["latest"])
+        rows = []
+        for item in document["versions"]:
+            version = str(item["version"])
+            if not re.fullmatch(r"[0-9a-f]{32}", version) or not isinstance(item["extra"], dict):
+                raise ValueError("bad version")
+            rows.append(
+                VersionRow(
+                    vault=view.name,
+                    kind=KIND,
+                    name=name,
+                    version=version,
+                    created=int(item["created"]),
+                    updated=int(item["updated"]),
+                    enabled=bool(item["enabled"]),
+                    nbf=item["nbf"],
+                    exp=item["exp"],
+                    tags=rules.check_tags(item["tags"]),
+                    managed=bool(item["managed"]),
+                    extra=item["extra"],
+                    payload=view.seal(KIND, name, version, "key", bytes.fromhex(item["key"])),
+                )
+            )
+        if not rows or latest not in {r.version for r in rows}:
+            raise ValueError("no latest version")
+    except (envelope.DecryptionFailed, ValueError, KeyError, TypeError, BadParameter):
+        raise BadParameter(
+            "Backup blob contains invalid data. It may have been made by another installation or altered."
+        ) from None
+    if view.object_get(KIND, name) is not None:
+        raise Conflict(
+            f"There was a conflict restoring the key '{name}'. This can happen if either: a second key "
+            "with the same name was created after the first key was deleted; or the key was recovered "
+            "before the restore."
+        )
+    obj = ObjectRow(vault=view.name, kind=KIND, name=name, latest=latest, data=dict(document.get("data") or {}))
+    for row in rows:
+        view.version_put(row)
+    view.object_put(obj)
+    return Key(obj, next(r for r in rows if r.version == latest))
