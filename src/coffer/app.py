@@ -17,7 +17,7 @@ import orjson
 from coffer.api.app import Api
 from coffer.audit import AuditLog
 from coffer.authz import Authorizer, roles
-from coffer.barrier import Barrier, SealStatus
+from coffer.barrier import Barrier, SealStatus, VaultView
 from coffer.clock import now
 from coffer.config import Config
 from coffer.core import Pipeline
@@ -340,21 +340,59 @@ class Coffer:
         with self.storage.write() as tx:
             due = tx.objects_due_for_purge(now, limit)
             for obj in due:
+                vault_row = tx.vault_get(obj.vault)
+                if obj.kind == key.KIND and vault_row is not None:  # HSM keys leave the token too
+                    key.destroy_versions(VaultView(tx, self.barrier, vault_row), self.key_backends, obj)
                 tx.object_purge(obj.vault, obj.kind, obj.name)
-                self.audit.write(
-                    {
-                        "operationName": f"{obj.kind.capitalize()}Purge",
-                        "resultType": "Success",
-                        "resultSignature": "NoContent",
-                        "identity": {"claim": {"oid": "coffer-scheduler"}},
-                        "properties": {
-                            "vault": obj.vault,
-                            "id": f"{self.vault_url(obj.vault)}/deleted{obj.kind}s/{obj.name}",
-                            "reason": "retention ended",
-                        },
-                    }
+                self._audit_job(
+                    f"{obj.kind.capitalize()}Purge",
+                    obj.vault,
+                    f"{self.vault_url(obj.vault)}/deleted{obj.kind}s/{obj.name}",
+                    "retention ended",
                 )
         return len(due)
+
+    def run_key_policies(self, at: int) -> int:
+        """Carry out due rotation-policy lifetime actions: Rotate makes a new version; Notify is recorded once per
+        version (the events issue delivers it). Returns how many actions ran."""
+        if self.barrier.sealed:
+            return 0
+        done = 0
+        with self.storage.write() as tx:
+            for vault_row in tx.vault_list():
+                view = VaultView(tx, self.barrier, vault_row)
+                after = None
+                while page := view.object_list(key.KIND, deleted=False, after=after, limit=200):
+                    after = page[-1].name.lower()
+                    for obj in page:
+                        if not obj.data.get("rotationPolicy") or obj.latest is None:
+                            continue
+                        current = key.get(view, obj.name, None)
+                        action = key.due_action(current, at)
+                        kid = f"{self.vault_url(vault_row.name)}/keys/{obj.name}/{current.row.version}"
+                        if action == "Rotate":
+                            key.rotate(view, self.key_backends, obj.name)
+                            self._audit_job("KeyRotateIfDue", vault_row.name, kid, "rotation policy")
+                            done += 1
+                        elif action == "Notify" and obj.data.get("notified") != current.row.version:
+                            obj.data = {**obj.data, "notified": current.row.version}
+                            view.object_put(obj)
+                            self._audit_job(
+                                "KeyNearExpiryEventGridNotification", vault_row.name, kid, "rotation policy"
+                            )
+                            done += 1
+        return done
+
+    def _audit_job(self, operation: str, vault_name: str, object_id: str, reason: str) -> None:
+        self.audit.write(
+            {
+                "operationName": operation,
+                "resultType": "Success",
+                "resultSignature": "OK",
+                "identity": {"claim": {"oid": "coffer-scheduler"}},
+                "properties": {"vault": vault_name, "id": object_id, "reason": reason},
+            }
+        )
 
     def close(self) -> None:
         self.audit.close()

@@ -81,6 +81,9 @@ async def _purge_loop(coffer: Coffer) -> None:
                 log.info("purged %d soft-deleted objects past their retention", purged)
             if await anyio.to_thread.run_sync(coffer.rotate_signing_key_if_due, int(time.time())):
                 log.info("rotated the token signing key")
+            actions = await anyio.to_thread.run_sync(coffer.run_key_policies, int(time.time()))
+            if actions:
+                log.info("carried out %d key rotation-policy actions", actions)
         except Exception:
             log.exception("purge job failed; will retry")
 

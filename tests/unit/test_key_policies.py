@@ -1,0 +1,65 @@
+"""The scheduler's rotation-policy job, in process: Rotate makes a new version once due; Notify is recorded once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+
+from coffer.app import Coffer
+from coffer.barrier import VaultView
+from coffer.config import Config
+from coffer.objects import key
+
+
+def _coffer(tmp_path: Path) -> Coffer:
+    coffer = Coffer(Config(data_dir=tmp_path / "data", dev=True))
+    coffer.start_dev()
+    return coffer
+
+
+def _versions(coffer: Coffer, name: str) -> int:
+    with coffer.storage.read() as tx:
+        view = VaultView(tx, coffer.barrier, tx.vault_get("dev"))  # type: ignore[arg-type]
+        return len(key.list_versions(view, name, after_seq=None, limit=100))
+
+
+def test_rotate_action_makes_a_new_version_when_due(tmp_path: Path) -> None:
+    coffer = _coffer(tmp_path)
+    try:
+        with coffer.storage.write() as tx:
+            view = VaultView(tx, coffer.barrier, tx.vault_get("dev"))  # type: ignore[arg-type]
+            key.create(view, coffer.key_backends, "rotating", {"kty": "EC", "crv": "P-256"})
+            key.set_policy(view, "rotating", {"lifetimeActions": [
+                {"trigger": {"timeAfterCreate": "P30D"}, "action": {"type": "Rotate"}}],
+                "attributes": {"expiryTime": "P90D"}})
+        now = int(time.time())
+        assert coffer.run_key_policies(now) == 0  # not due yet
+        assert coffer.run_key_policies(now + 31 * 86400) == 1
+        assert _versions(coffer, "rotating") == 2
+        with coffer.storage.read() as tx:
+            view = VaultView(tx, coffer.barrier, tx.vault_get("dev"))  # type: ignore[arg-type]
+            latest = key.get(view, "rotating", None)
+        assert latest.row.exp is not None and latest.row.exp > now + 80 * 86400  # expiryTime applied
+        audit = [orjson.loads(line) for line in coffer.config.audit_path.read_bytes().splitlines()]
+        assert any(r["operationName"] == "KeyRotateIfDue" for r in audit)
+    finally:
+        coffer.close()
+
+
+def test_notify_is_recorded_once_per_version(tmp_path: Path) -> None:
+    coffer = _coffer(tmp_path)
+    try:
+        soon = int(time.time()) + 10 * 86400
+        with coffer.storage.write() as tx:
+            view = VaultView(tx, coffer.barrier, tx.vault_get("dev"))  # type: ignore[arg-type]
+            key.create(view, coffer.key_backends, "expiring", {"kty": "EC", "attributes": {"exp": soon}})
+            key.set_policy(view, "expiring", {"lifetimeActions": [
+                {"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Notify"}}]})
+        now = int(time.time())
+        assert coffer.run_key_policies(now) == 1
+        assert coffer.run_key_policies(now) == 0
+        assert _versions(coffer, "expiring") == 1
+    finally:
+        coffer.close()
