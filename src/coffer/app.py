@@ -383,12 +383,14 @@ class Coffer:
                             done += 1
         return done
 
-    def _audit_job(self, operation: str, vault_name: str, object_id: str, reason: str) -> None:
+    def _audit_job(
+        self, operation: str, vault_name: str, object_id: str, reason: str, *, signature: str = "OK"
+    ) -> None:
         self.audit.write(
             {
                 "operationName": operation,
                 "resultType": "Success",
-                "resultSignature": "OK",
+                "resultSignature": signature,
                 "identity": {"claim": {"oid": "coffer-scheduler"}},
                 "properties": {"vault": vault_name, "id": object_id, "reason": reason},
             }

@@ -1,6 +1,6 @@
 """All cryptography used by coffer; the only package that imports ``cryptography``."""
 
-from coffer.crypto import envelope, passwords, shamir, signing, tls, x509
+from coffer.crypto import envelope, passwords, shamir, signing, software, tls, x509
 from coffer.crypto.envelope import DecryptionFailed
 from coffer.crypto.shamir import InvalidShares
 from coffer.crypto.tls import TlsFiles
@@ -13,6 +13,7 @@ __all__ = [
     "passwords",
     "shamir",
     "signing",
+    "software",
     "tls",
     "x509",
 ]

@@ -43,7 +43,7 @@ class KeyBackendUnavailable(RuntimeError):
 class KeyMaterial:
     kty: str  # "RSA", "EC", "oct", "RSA-HSM", "EC-HSM", "oct-HSM"
     public: dict[str, str] = field(default_factory=dict)  # JWK public members: n, e | crv, x, y | {} for oct
-    private: bytes = b""  # software: the key; HSM: a reference into the token
+    private: bytes = field(default=b"", repr=False)  # software: the key; HSM: a reference into the token
     size: int | None = None  # bits, for RSA and oct
     curve: str | None = None  # for EC
 
