@@ -18,10 +18,11 @@ from coffer.api.app import Api
 from coffer.audit import AuditLog
 from coffer.authz import Authorizer, roles
 from coffer.barrier import Barrier, SealStatus, VaultView
+from coffer.barrier.hsm_seal import HsmSeal
 from coffer.clock import now
 from coffer.config import Config
 from coffer.core import Pipeline
-from coffer.crypto import signing, tls
+from coffer.crypto import pkcs11, signing, tls
 from coffer.crypto.software import SoftwareBackend
 from coffer.identity import principals
 from coffer.identity.index import IdentityIndex
@@ -63,7 +64,10 @@ class Coffer:
         self.pipeline = Pipeline(
             self.storage, self.barrier, self.tokens, self.identity_index, self.authorizer, self.audit
         )
-        self.key_backends = key.Backends(software=SoftwareBackend())
+        # The PKCS#11 token (COFFER_PKCS11_*): HSM keys and auto-unseal; None when no HSM is configured.
+        self.hsm_backend = pkcs11.from_config(config)
+        self.hsm_seal = HsmSeal(self.storage, self.hsm_backend) if self.hsm_backend is not None else None
+        self.key_backends = key.Backends(software=SoftwareBackend(), hsm=self.hsm_backend)
         self.api = Api(self)
         self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -229,6 +233,7 @@ class Coffer:
     def initialize(self, shares: int, threshold: int) -> dict[str, Any]:
         """First start: root key, Shamir shares, a tenant and a bootstrap administrator (shown once)."""
         unseal_key, mnemonics = self.barrier.initialize(shares, threshold)
+        hsm_sealed = self.hsm_seal.ensure(self.barrier.root_key()) if self.hsm_seal is not None else None
         with self.storage.write() as tx:
             tenant = principals.create_tenant(tx, "Default")
             admin = principals.create_principal(tx, tenant, "bootstrap-admin", principals.APPLICATION)
@@ -244,12 +249,32 @@ class Coffer:
             "clientId": admin.client_id,
             "clientSecret": issued.secret,
             "authority": self.authority,
+            **({} if hsm_sealed is None else {"hsmAutoUnseal": hsm_sealed}),
         }
 
     def submit_share(self, share: str) -> SealStatus:
         status = self.barrier.submit_share(share)
         if not status.sealed and not self.tokens.kid:
             self._after_unseal()
+            if self.hsm_seal is not None:  # HSM configured after init, or its key lost: seal the root key anew
+                self.hsm_seal.ensure(self.barrier.root_key())
+        return status
+
+    def auto_unseal(self) -> bool:
+        """On start: unseal with the HSM if the root key is sealed by it. False when still sealed (the seal status
+        says why); the shares unseal as always."""
+        if self.hsm_seal is None or not self.barrier.sealed or not self.barrier.status().initialized:
+            return False
+        if not self.hsm_seal.unseal(self.barrier):
+            return False
+        self._after_unseal()
+        return True
+
+    def seal_status(self) -> dict[str, object]:
+        """/v1/sys/seal-status: the barrier's state, plus the HSM's when one is configured."""
+        status: dict[str, object] = self.barrier.status().as_dict()
+        if self.hsm_seal is not None:
+            status["hsm"] = self.hsm_seal.status()
         return status
 
     def unseal_with_key(self, key: bytes) -> None:
@@ -349,6 +374,7 @@ class Coffer:
                     obj.vault,
                     f"{self.vault_url(obj.vault)}/deleted{obj.kind}s/{obj.name}",
                     "retention ended",
+                    signature="NoContent",
                 )
         return len(due)
 
@@ -399,6 +425,8 @@ class Coffer:
     def close(self) -> None:
         self.audit.close()
         self.storage.close()
+        if self.hsm_backend is not None:
+            self.hsm_backend.close()
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +26,12 @@ class Config:
     token_lifetime_seconds: int = 3600
     token_key_rotation_days: float = 30.0
     extra_hostnames: tuple[str, ...] = field(default_factory=tuple)
+    # PKCS#11 HSM (RSA-HSM / EC-HSM / oct-HSM keys and auto-unseal): the module (shared library), the label of
+    # the token, and the user PIN, either in a file (first line) or given directly. Never on the command line.
+    pkcs11_module: Path | None = None
+    pkcs11_token: str | None = None
+    pkcs11_pin_file: Path | None = None
+    pkcs11_pin: str | None = field(default=None, repr=False)
 
     @property
     def database_path(self) -> Path:
@@ -45,6 +52,10 @@ class Config:
 
     def with_port(self, port: int) -> Config:
         return replace(self, port=port)
+
+    @property
+    def hsm_configured(self) -> bool:
+        return self.pkcs11_module is not None
 
 
 def from_environment(**overrides: object) -> Config:
@@ -73,7 +84,28 @@ def from_environment(**overrides: object) -> Config:
         values["imds"] = env["COFFER_IMDS"].lower() in ("1", "true", "yes")
     if "COFFER_PURGE_INTERVAL" in env:
         values["purge_interval_seconds"] = float(env["COFFER_PURGE_INTERVAL"])
+    values.update(_pkcs11_from_environment(env))
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values.get("dev") and "imds" not in values:
         values["imds"] = True
     return Config(**values)  # type: ignore[arg-type]
+
+
+def _pkcs11_from_environment(env: Mapping[str, str]) -> dict[str, object]:
+    """COFFER_PKCS11_MODULE, COFFER_PKCS11_TOKEN and one of COFFER_PKCS11_PIN_FILE / COFFER_PKCS11_PIN.
+    An incomplete or ambiguous HSM configuration is an error (ValueError), not a silent "no HSM"."""
+    names = ("COFFER_PKCS11_MODULE", "COFFER_PKCS11_TOKEN", "COFFER_PKCS11_PIN_FILE", "COFFER_PKCS11_PIN")
+    given = {name: env[name] for name in names if env.get(name)}
+    if not given:
+        return {}
+    missing = [name for name in names[:2] if name not in given]
+    if missing:
+        raise ValueError(f"HSM configuration incomplete: set {' and '.join(missing)} (or unset every COFFER_PKCS11_*)")
+    if ("COFFER_PKCS11_PIN_FILE" in given) == ("COFFER_PKCS11_PIN" in given):
+        raise ValueError("HSM configuration: set exactly one of COFFER_PKCS11_PIN_FILE and COFFER_PKCS11_PIN")
+    return {
+        "pkcs11_module": Path(given["COFFER_PKCS11_MODULE"]),
+        "pkcs11_token": given["COFFER_PKCS11_TOKEN"],
+        "pkcs11_pin_file": Path(given["COFFER_PKCS11_PIN_FILE"]) if "COFFER_PKCS11_PIN_FILE" in given else None,
+        "pkcs11_pin": given.get("COFFER_PKCS11_PIN"),
+    }

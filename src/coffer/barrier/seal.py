@@ -98,6 +98,24 @@ class Barrier:
             self._root, self._backup = root, backup
             self._pending_shares.clear()
 
+    def unseal_with_root_key(self, root: bytes) -> None:
+        """Unseal with the root key itself, as recovered by an auto-unseal mechanism (barrier.hsm_seal)."""
+        with self._storage.read() as tx:
+            sealed_backup = tx.meta_get(_BACKUP_KEY)
+        if sealed_backup is None:
+            raise Sealed("Coffer is not initialized: run `coffer operator init`.")
+        try:
+            backup = envelope.open(root, sealed_backup, envelope.aad("backup-key"))
+        except envelope.DecryptionFailed:
+            raise BadParameter("The root key is not valid for this installation.", code="InvalidUnsealKey") from None
+        with self._lock:
+            self._root, self._backup = root, backup
+            self._pending_shares.clear()
+
+    def root_key(self) -> bytes:
+        """The root key, while unsealed (raises Sealed): for an auto-unseal mechanism to protect it."""
+        return self._root_key()
+
     def submit_share(self, share: str) -> SealStatus:
         config = self._config()
         if config is None:

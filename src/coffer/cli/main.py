@@ -77,8 +77,8 @@ def server(
     if (tls_cert is None) != (tls_key is None):
         err.print("[red]error:[/red] --tls-cert and --tls-key go together")
         raise typer.Exit(2)
-    serve(
-        from_environment(
+    try:
+        config = from_environment(
             dev=dev or None,
             data_dir=data_dir,
             port=port,
@@ -89,7 +89,10 @@ def server(
             tls_key=tls_key,
             imds=imds,
         )
-    )
+    except ValueError as error:  # a malformed or incomplete COFFER_* variable
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    serve(config)
 
 
 @operator.command("init")
@@ -111,6 +114,9 @@ def operator_init(
     for index, share in enumerate(result["shares"], start=1):
         console.print(f"Unseal share {index}: {share}")
     console.print(f"\nThreshold: {result['threshold']} of {len(result['shares'])} shares unseal the server.")
+    if "hsmAutoUnseal" in result:
+        hsm = "on: the server unseals itself with the HSM" if result["hsmAutoUnseal"] else "off (see the server log)"
+        console.print(f"HSM auto-unseal: {hsm}; the shares remain the recovery path.")
     console.print("Bootstrap administrator (store it safely; it is not shown again):")
     console.print(
         f"  COFFER_TENANT_ID={result['tenantId']}\n  COFFER_CLIENT_ID={result['clientId']}\n"
@@ -162,6 +168,13 @@ def _print_status(status: dict[str, Any]) -> None:
         f"initialized: {status['initialized']}  state: {state}  "
         f"progress: {status['progress']}/{status['threshold']}  shares: {status['shares']}"
     )
+    hsm = status.get("hsm")
+    if hsm:
+        available = "available" if hsm.get("available") else "unavailable"
+        console.print(
+            f"hsm: token {hsm.get('token')} {available}  auto-unseal: {hsm.get('autoUnseal')}"
+            + (f"  error: {hsm['error']}" if hsm.get("error") else "")
+        )
 
 
 def _vault_table(vaults: list[dict[str, Any]]) -> None:

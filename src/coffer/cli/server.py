@@ -94,6 +94,18 @@ async def _announce(server: uvicorn.Server, lines: list[str]) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _hsm_start(coffer: Coffer) -> bool:
+    """With an HSM configured: connect to its token (the seal status tells whether it is available) and unseal
+    with it if the root key is sealed by it. True when that unsealed the server."""
+    if coffer.hsm_seal is None:
+        return False
+    coffer.hsm_seal.probe()
+    if coffer.auto_unseal():
+        log.info("unsealed with the HSM (PKCS#11 token '%s')", coffer.config.pkcs11_token)
+        return True
+    return False
+
+
 def serve(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     sockets = _bind(config)
@@ -102,12 +114,15 @@ def serve(config: Config) -> None:
     lines: list[str] = []
     if config.dev:
         dev = coffer.start_dev()
+        if coffer.hsm_seal is not None:  # dev unseals with its key file; the token is for HSM keys
+            coffer.hsm_seal.probe()
         files = coffer.tls_files()
         env_path = coffer.write_dev_env(dev, files.ca_cert)
         print(DEV_BANNER.format(key=config.unseal_key_path), file=sys.stderr, flush=True)
         lines.append(f"Coffer dev server ready at {coffer.authority}; vault 'dev' at {coffer.vault_url('dev')}")
         lines.append(f"Environment for clients: source {env_path}")
     else:
+        hsm_unsealed = _hsm_start(coffer)
         files = coffer.tls_files()
         status = coffer.barrier.status()
         lines.append(f"Coffer ready at {coffer.authority}")
@@ -115,11 +130,15 @@ def serve(config: Config) -> None:
             lines.append(
                 f"Not initialized: run `coffer operator init --addr {coffer.authority} --ca-cert {files.ca_cert}`"
             )
+        elif hsm_unsealed:
+            lines.append(f"Unsealed with the HSM (PKCS#11 token '{coffer.config.pkcs11_token}')")
         else:
             lines.append(
                 f"Sealed: run `coffer operator unseal --addr {coffer.authority}` "
                 f"({status.threshold} of {status.shares} shares)"
             )
+            if coffer.hsm_seal is not None and coffer.hsm_seal.error:
+                lines.append(f"HSM auto-unseal unavailable: {coffer.hsm_seal.error}")
     lines.append(f"CA certificate: {files.ca_cert} (sha256 {tls.fingerprint_sha256(files.ca_cert)})")
 
     uv_config = uvicorn.Config(

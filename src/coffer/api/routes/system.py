@@ -18,7 +18,7 @@ async def health(req: ApiRequest) -> Result:
 
 
 async def seal_status(req: ApiRequest) -> Result:
-    return Result(body=req.app.barrier.status().as_dict())
+    return Result(body=req.app.seal_status())
 
 
 async def init(req: ApiRequest) -> Result:
