@@ -133,7 +133,7 @@ class VersionRow:
     kid: str | None = None
     payload: bytes = b""  # sealed by the barrier
     seq: int = 0  # creation order within the object, assigned by the backend
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Transaction(ABC):
