@@ -104,17 +104,6 @@ def _int_field(body: dict[str, Any], field: str) -> int | None:
     return value
 
 
-def _check_free(view: VaultView, name: str) -> ObjectRow:
-    obj = view.object_get(KIND, name)
-    if obj is not None and obj.deleted is not None:
-        raise Conflict(
-            f"Key {obj.name} is currently in a deleted but recoverable state, and its name cannot be reused; in this "
-            "state, the key can only be recovered or purged.",
-            inner="ObjectIsDeletedButRecoverable",
-        )
-    return obj or ObjectRow(vault=view.name, kind=KIND, name=name)
-
-
 # --- creating versions -----------------------------------------------------------------------------------
 def _store(
     view: VaultView, obj: ObjectRow, material: KeyMaterial, *, key_ops: list[str], attributes: Any, tags: Any
@@ -173,7 +162,7 @@ def create(view: VaultView, backends: Backends, name: str, body: dict[str, Any])
     if family == "oct" and size is None:
         size = 256
     key_ops = _check_key_ops(body.get("key_ops"), DEFAULT_OPS[family])
-    obj = _check_free(view, name)
+    obj = lifecycle.free_name(view, KIND, name)
     try:
         material = backends.for_type(kty).generate(kty, size=size, curve=curve, public_exponent=exponent)
     except KeyOperationError as exc:
@@ -193,7 +182,7 @@ def import_key(view: VaultView, backends: Backends, name: str, body: dict[str, A
     _check_release_policy(body)
     family = str(kty).removesuffix("-HSM")
     key_ops = _check_key_ops(jwk.get("key_ops"), DEFAULT_OPS[family])
-    obj = _check_free(view, name)
+    obj = lifecycle.free_name(view, KIND, name)
     try:
         material = backends.for_type(str(kty)).import_jwk({**jwk, "kty": str(kty)})
     except KeyOperationError as exc:

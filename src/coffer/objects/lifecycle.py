@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from coffer.barrier import VaultView
 from coffer.clock import now
-from coffer.errors import Forbidden, NotFound
+from coffer.errors import Conflict, Forbidden, NotFound
 from coffer.objects import rules
 from coffer.storage import ObjectRow, VersionRow
 
@@ -49,6 +49,20 @@ def deleted(view: VaultView, kind: str, name: str) -> ObjectRow:
         _, title, code = _TITLES[kind]
         raise NotFound(f"Deleted {title} not found: {name}", code=code)
     return obj
+
+
+def free_name(view: VaultView, kind: str, name: str) -> ObjectRow:
+    """The object a new version goes to: existing, or new; 409 while the name is soft-deleted."""
+    rules.check_name(name, _TITLES[kind][0])
+    obj = view.object_get(kind, name)
+    if obj is not None and obj.deleted is not None:
+        word, title, _ = _TITLES[kind]
+        raise Conflict(
+            f"{title} {obj.name} is currently in a deleted but recoverable state, and its name cannot be reused; in "
+            f"this state, the {word} can only be recovered or purged.",
+            inner="ObjectIsDeletedButRecoverable",
+        )
+    return obj or ObjectRow(vault=view.name, kind=kind, name=name)
 
 
 def soft_delete(view: VaultView, obj: ObjectRow) -> None:

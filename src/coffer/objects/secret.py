@@ -10,8 +10,8 @@ import orjson
 from coffer.barrier import VaultView
 from coffer.clock import now
 from coffer.crypto import envelope
-from coffer.errors import BadParameter, Conflict, Forbidden, NotFound
-from coffer.objects import rules
+from coffer.errors import BadParameter, Conflict, Forbidden
+from coffer.objects import lifecycle, rules
 from coffer.storage import ObjectRow, VersionRow
 
 KIND = "secret"
@@ -27,32 +27,12 @@ class Secret:
     value: str | None = None
 
 
-def _not_found(name: str, version: str | None = None) -> NotFound:
-    ident = f"{name}/{version}" if version else name
-    return NotFound(
-        f"A secret with (name/id) {ident} was not found in this key vault. If you recently deleted this "
-        "secret you may be able to recover it using the correct recovery command. For help resolving this "
-        "issue, please see https://go.microsoft.com/fwlink/?linkid=2125182",
-        code="SecretNotFound",
-    )
-
-
-def _deleted_not_found(name: str) -> NotFound:
-    return NotFound(f"Deleted Secret not found: {name}", code="SecretNotFound")
-
-
 def _live(view: VaultView, name: str) -> ObjectRow:
-    obj = view.object_get(KIND, name)
-    if obj is None or obj.deleted is not None or obj.latest is None:
-        raise _not_found(name)
-    return obj
+    return lifecycle.live(view, KIND, name)
 
 
 def _version(view: VaultView, obj: ObjectRow, version: str | None) -> VersionRow:
-    row = view.version_get(KIND, obj.name, version or obj.latest or "")
-    if row is None:
-        raise _not_found(obj.name, version)
-    return row
+    return lifecycle.version(view, KIND, obj, version)
 
 
 def _open_value(view: VaultView, row: VersionRow) -> str:
@@ -71,15 +51,7 @@ def set(
     content_type = rules.check_content_type(content_type)
     tags = rules.check_tags(tags)
     attrs = rules.check_attributes(attributes)
-    obj = view.object_get(KIND, name)
-    if obj is not None and obj.deleted is not None:
-        raise Conflict(
-            f"Secret {obj.name} is currently in a deleted but recoverable state, and its name cannot be reused; "
-            "in this state, the secret can only be recovered or purged.",
-            inner="ObjectIsDeletedButRecoverable",
-        )
-    if obj is None:
-        obj = ObjectRow(vault=view.name, kind=KIND, name=name)
+    obj = lifecycle.free_name(view, KIND, name)
     previous = obj.latest
     version = rules.new_version()
     stamp = now()
@@ -105,7 +77,6 @@ def set(
 
 
 def get(view: VaultView, name: str, version: str | None) -> Secret:
-    rules.check_name(name)
     obj = _live(view, name)
     row = _version(view, obj, version)
     if not row.enabled:
@@ -124,7 +95,6 @@ def update(
     fields: frozenset[str] = frozenset(),
 ) -> Secret:
     """Change properties; only the fields present in the request body (`fields`) are touched."""
-    rules.check_name(name)
     obj = _live(view, name)
     row = _version(view, obj, version)
     if "contentType" in fields:
@@ -142,44 +112,26 @@ def update(
 
 
 def delete(view: VaultView, name: str) -> Secret:
-    rules.check_name(name)
     obj = _live(view, name)
     row = _version(view, obj, None)
-    stamp = now()
-    obj.deleted = stamp
-    obj.purge_at = stamp + view.vault.retention_days * rules.DAY
-    view.object_put(obj)
+    lifecycle.soft_delete(view, obj)
     return Secret(obj, row)
 
 
-def _deleted(view: VaultView, name: str) -> ObjectRow:
-    rules.check_name(name)
-    obj = view.object_get(KIND, name)
-    if obj is None or obj.deleted is None:
-        raise _deleted_not_found(name)
-    return obj
-
-
 def get_deleted(view: VaultView, name: str) -> Secret:
-    obj = _deleted(view, name)
+    obj = lifecycle.deleted(view, KIND, name)
     return Secret(obj, _version(view, obj, None))
 
 
 def recover(view: VaultView, name: str) -> Secret:
-    obj = _deleted(view, name)
-    obj.deleted = obj.purge_at = None
-    view.object_put(obj)
+    obj = lifecycle.deleted(view, KIND, name)
+    lifecycle.recover(view, obj)
     return Secret(obj, _version(view, obj, None))
 
 
 def purge(view: VaultView, name: str) -> None:
-    obj = _deleted(view, name)
-    if view.vault.purge_protection:
-        raise Forbidden(
-            'Operation "purge" is not allowed because purge protection is enabled for this vault. Key Vault '
-            "service will automatically purge it after the retention period has passed.\r\n"
-            f"Vault: {view.name};location=local"
-        )
+    obj = lifecycle.deleted(view, KIND, name)
+    lifecycle.check_purge_allowed(view)
     view.object_purge(KIND, obj.name)
 
 
@@ -190,13 +142,11 @@ def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int
 
 
 def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: int) -> list[Secret]:
-    rules.check_name(name)
     obj = _live(view, name)
     return [Secret(obj, row) for row in view.version_list(KIND, obj.name, after_seq=after_seq, limit=limit)]
 
 
 def backup(view: VaultView, name: str) -> bytes:
-    rules.check_name(name)
     obj = _live(view, name)
     rows = view.version_list(KIND, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
     if len(rows) > MAX_BACKUP_VERSIONS:
