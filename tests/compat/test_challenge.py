@@ -356,7 +356,7 @@ def test_unknown_vault_host(http: httpx.Client, dev_server: DevServer, auth: dic
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/nope", 404), ("GET", "/secrets/a/b/c", 404), ("GET", "/keys/k/", 404),
+    ("GET", "/nope", 404), ("GET", "/secrets/a/b/c", 404), ("GET", "/storage/k/", 404),
     ("POST", "/certificates/c/create", 404), ("GET", "/deletedsecrets/a/b/c", 404), ("GET", "/", 404),
     ("GET", "/secrets/x/versions/extra", 404), ("PUT", "/secrets", 405), ("POST", "/secrets/x", 405),
 ])

@@ -57,6 +57,22 @@ def skiptoken(query: Any) -> str | None:
     return value
 
 
+def version_position(query: Any) -> int | None:
+    """The `$skiptoken` of a versions listing: a version's position, ASCII digits fitting a 64-bit integer."""
+    after = skiptoken(query)
+    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 18):
+        raise BadParameter("Invalid $skiptoken.")
+    return int(after) if after else None
+
+
+def page(
+    values: list[dict[str, Any]], *, vault_url: str, path: str, api_version: str | None, last: str | None, size: int
+) -> dict[str, Any]:
+    """A list page; `last` (the last item's position when more follow) becomes the next link's skiptoken."""
+    link = next_link(vault_url, path, api_version, last, size) if last else None
+    return {"value": values, "nextLink": link}
+
+
 def next_link(vault_url: str, path: str, api_version: str | None, after: str, size: int) -> str:
     token = b64url_encode(after.encode("utf-8"))
     return f"{vault_url}{path}?api-version={quote(api_version or '7.4', safe='')}&$skiptoken={token}&maxresults={size}"

@@ -134,8 +134,11 @@ def _page(
         if deleted:
             value.update(wire.deleted_key_fields(item, req.vault_url))
         values.append(value)
-    link = wire.next_link(req.vault_url, path, req.info.api_version, after, size) if after else None
-    return Result(body={"value": values, "nextLink": link})
+    return Result(
+        body=wire.page(
+            values, vault_url=req.vault_url, path=path, api_version=req.info.api_version, last=after, size=size
+        )
+    )
 
 
 async def _list(req: ApiRequest, *, deleted: bool) -> Result:
@@ -161,12 +164,10 @@ async def list_deleted_keys(req: ApiRequest) -> Result:
 
 async def list_key_versions(req: ApiRequest) -> Result:
     name = req.params["name"]
-    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 18):
-        raise BadParameter("Invalid $skiptoken.")
+    size, after = wire.page_size(req.query), wire.version_position(req.query)
 
     def run(ctx: Context) -> Result:
-        items = key.list_versions(ctx.require_view(), name, after_seq=int(after) if after else None, limit=size + 1)
+        items = key.list_versions(ctx.require_view(), name, after_seq=after, limit=size + 1)
         last = str(items[size - 1].row.seq) if len(items) > size else None
         shown = items[0].obj.name if items else name
         return _page(req, ctx, items[:size], size, f"/keys/{shown}/versions", last, versioned=True)

@@ -109,8 +109,11 @@ def _page(
         if deleted:
             value.update(wire.deleted_fields(item, req.vault_url))
         values.append(value)
-    link = wire.next_link(req.vault_url, path, req.info.api_version, after, size) if after else None
-    return Result(body={"value": values, "nextLink": link})
+    return Result(
+        body=wire.page(
+            values, vault_url=req.vault_url, path=path, api_version=req.info.api_version, last=after, size=size
+        )
+    )
 
 
 async def list_secrets(req: ApiRequest) -> Result:
@@ -141,13 +144,10 @@ async def list_deleted_secrets(req: ApiRequest) -> Result:
 
 async def list_secret_versions(req: ApiRequest) -> Result:
     name = req.params["name"]
-    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-    # a version position: ASCII digits that fit SQLite's 64-bit INTEGER
-    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 18):
-        raise BadParameter("Invalid $skiptoken.")
+    size, after = wire.page_size(req.query), wire.version_position(req.query)
 
     def run(ctx: Context) -> Result:
-        items = secret.list_versions(ctx.require_view(), name, after_seq=int(after) if after else None, limit=size + 1)
+        items = secret.list_versions(ctx.require_view(), name, after_seq=after, limit=size + 1)
         more = len(items) > size
         items = items[:size]
         last = str(items[-1].row.seq) if more and items else None
