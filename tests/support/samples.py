@@ -1,11 +1,11 @@
-"""Microsoft's published Azure SDK samples (azure-keyvault-secrets, azure-keyvault-administration), fetched from
+"""Microsoft's published Azure SDK samples (azure-keyvault-secrets, -keys, -administration), fetched from
 PyPI at test time and run unmodified.
 
 The samples are not part of this repository: they come from the sdist of the *installed* SDK version
 (`pip download --no-binary :all:`), cached per package and version under the pytest cache. `fetch_samples` serves
-any package; `SampleRunner` below runs the azure-keyvault-secrets samples. Each sample runs as its own
-process against its own dev server (the samples use fixed secret names, and `list_operations` reads every
-secret of the vault), with nothing but dev.env added to the environment. All samples run concurrently,
+any package; `SampleRunner` below runs a package's samples (default: azure-keyvault-secrets). Each sample runs as
+its own process against its own dev server (the samples use fixed object names, and `list_operations` reads
+every object of the vault), with nothing but dev.env added to the environment. All samples run concurrently,
 in the background, because `backup_restore_operations` sleeps 60 s after its purge.
 """
 
@@ -30,6 +30,11 @@ from tests.support.server import DevServer
 PACKAGE = "azure-keyvault-secrets"
 SAMPLES = [f"{base}{suffix}.py" for base in ("hello_world", "list_operations", "backup_restore_operations",
                                             "recover_purge_operations") for suffix in ("", "_async")]
+KEYS_PACKAGE = "azure-keyvault-keys"
+# every sample of the azure-keyvault-keys sdist (send_request has no async version)
+KEY_SAMPLES = [*(f"{base}{suffix}.py" for base in ("hello_world", "list_operations", "backup_restore_operations",
+                                                   "recover_purge_operations", "key_rotation")
+                 for suffix in ("", "_async")), "send_request.py"]
 SAMPLE_TIMEOUT = 240.0
 
 
@@ -109,9 +114,11 @@ class SampleRunner:
     os.environ from another thread while tests monkeypatch it); only the sample processes are waited for
     in the background."""
 
-    def __init__(self, config: Any, workdir: Path) -> None:
+    def __init__(self, config: Any, workdir: Path, package: str = PACKAGE, samples: list[str] | None = None) -> None:
         self.config = config
         self.workdir = workdir
+        self.package = package
+        self.samples = list(SAMPLES if samples is None else samples)
         self.directory: Path | None = None
         self.skip_reason: str | None = None
         self.error: str | None = None
@@ -123,10 +130,11 @@ class SampleRunner:
 
     def start(self) -> SampleRunner:
         try:
-            self.directory = fetch_samples(self.config)
-            servers = {sample: DevServer(self.workdir / sample.removesuffix(".py") / "data") for sample in SAMPLES}
+            self.directory = fetch_samples(self.config, self.package, self.samples)
+            servers = {sample: DevServer(self.workdir / sample.removesuffix(".py") / "data")
+                       for sample in self.samples}
             self.results = {sample: SampleResult(sample, server) for sample, server in servers.items()}
-            with concurrent.futures.ThreadPoolExecutor(len(SAMPLES)) as pool:
+            with concurrent.futures.ThreadPoolExecutor(len(self.samples)) as pool:
                 list(pool.map(lambda r: r.server.start(), self.results.values()))
             launches = [(result, result.server.client_env()) for result in self.results.values()]
         except SamplesUnavailable as exc:

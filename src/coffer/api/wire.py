@@ -16,6 +16,8 @@ from coffer.storage import VaultRow
 
 MAX_RESULTS = 25
 _SKIPTOKEN = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+# base64url as the SDK sends it (unpadded), padded, or with the standard alphabet's + and /; nothing else
+_BASE64 = re.compile(r"[A-Za-z0-9_+/-]*={0,2}")
 
 
 def b64url_encode(data: bytes) -> str:
@@ -25,6 +27,9 @@ def b64url_encode(data: bytes) -> str:
 def b64url_decode(text: Any, field: str = "value") -> bytes:
     if not isinstance(text, str) or not text:
         raise BadParameter(f"Property {field} is required and must be a base64url string.")
+    # Python's decoder silently drops characters outside the alphabet ("!!!" would decode to b"")
+    if not _BASE64.fullmatch(text) or len(text.rstrip("=")) % 4 == 1:
+        raise BadParameter(f"Property {field} is not valid base64url.")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):

@@ -6,6 +6,7 @@ storage holds only a reference. Every operation goes through a crypto.keys.KeyBa
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from dataclasses import dataclass
@@ -194,14 +195,19 @@ def rotate(view: VaultView, backends: Backends, name: str) -> Key:
     """A new version with the same type, size or curve and key_ops."""
     obj = lifecycle.live(view, KIND, name)
     current = Key(obj, lifecycle.version(view, KIND, obj, None))
-    extra = current.row.extra
+    extra, public = current.row.extra, current.public
+    exponent = public.get("e")
     material = backends.for_type(current.kty).generate(
         current.kty,
         size=extra.get("size"),
         curve=extra.get("crv"),
-        public_exponent=None,
+        public_exponent=int.from_bytes(_b64url_decode(exponent), "big") if exponent else None,
     )
     return _store(view, obj, material, key_ops=current.key_ops, attributes=None, tags=current.row.tags)
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 # --- reading and changing --------------------------------------------------------------------------------
