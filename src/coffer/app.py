@@ -324,8 +324,9 @@ class Coffer:
         if endpoint is not None:  # the dev identity is also this node's IMDS identity
             endpoint.data["imds"] = True
             tx.credential_put(endpoint)
-        if tx.vault_get(DEV_VAULT) is None:
-            vault.create(tx, self.barrier, DEV_VAULT, tenant, {})
+        if tx.vault_get(DEV_VAULT) is None:  # premium when there is an HSM (dev's SoftHSM2 token): *-HSM keys work
+            sku = "premium" if self.hsm_backend is not None else "standard"
+            vault.create(tx, self.barrier, DEV_VAULT, tenant, {"sku": sku})
         dev = DevIdentity(
             tenant_id=tenant,
             client_id=app_principal.client_id,

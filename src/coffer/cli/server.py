@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import anyio.to_thread
 import uvicorn
 
+from coffer import devhsm
 from coffer.app import Coffer
 from coffer.config import Config
 from coffer.crypto import tls
@@ -29,6 +30,7 @@ DEV_BANNER = """\
   DEVELOPMENT MODE. The unseal key is stored beside the data in {key}.
   Anyone who can read the data directory can read every secret.
   Never keep production credentials in a --dev server.
+  {hsm}
 =============================================================================="""
 
 
@@ -106,8 +108,21 @@ def _hsm_start(coffer: Coffer) -> bool:
     return False
 
 
+def _dev_hsm_line(coffer: Coffer, dev_token: bool) -> str:
+    """The dev banner's HSM line (after the token was probed)."""
+    backend = coffer.hsm_backend
+    if backend is None:
+        return "HSM: none (install softhsm2 for HSM keys)"
+    name = f"SoftHSM2 token {backend.token_label} (development only)" if dev_token else (
+        f"PKCS#11 token '{backend.token_label}' (COFFER_PKCS11_*)")
+    return f"HSM: {name}" + ("" if backend.connected else f", unavailable: {backend.last_error}")
+
+
 def serve(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configured = config.hsm_configured
+    config = devhsm.prepare(config)  # dev without COFFER_PKCS11_*: the SoftHSM2 token in DATA/softhsm, if installed
+    dev_token = config.hsm_configured and not configured
     sockets = _bind(config)
     config = config.with_port(sockets[0].getsockname()[1])
     coffer = Coffer(config)
@@ -118,7 +133,8 @@ def serve(config: Config) -> None:
             coffer.hsm_seal.probe()
         files = coffer.tls_files()
         env_path = coffer.write_dev_env(dev, files.ca_cert)
-        print(DEV_BANNER.format(key=config.unseal_key_path), file=sys.stderr, flush=True)
+        banner = DEV_BANNER.format(key=config.unseal_key_path, hsm=_dev_hsm_line(coffer, dev_token))
+        print(banner, file=sys.stderr, flush=True)
         lines.append(f"Coffer dev server ready at {coffer.authority}; vault 'dev' at {coffer.vault_url('dev')}")
         lines.append(f"Environment for clients: source {env_path}")
     else:
