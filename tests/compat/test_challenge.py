@@ -357,7 +357,7 @@ def test_unknown_vault_host(http: httpx.Client, dev_server: DevServer, auth: dic
 
 @pytest.mark.parametrize(("method", "path", "status"), [
     ("GET", "/nope", 404), ("GET", "/secrets/a/b/c", 404), ("GET", "/storage/k/", 404),
-    ("POST", "/certificates/c/create", 404), ("GET", "/deletedsecrets/a/b/c", 404), ("GET", "/", 404),
+    ("GET", "/certificates/a/b/c", 404), ("GET", "/deletedsecrets/a/b/c", 404), ("GET", "/", 404),
     ("GET", "/secrets/x/versions/extra", 404), ("PUT", "/secrets", 405), ("POST", "/secrets/x", 405),
 ])
 def test_unknown_route_or_method_is_an_error_envelope(http: httpx.Client, dev_server: DevServer,

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from coffer.api.request import ApiRequest
-from coffer.api.routes import access, admin, identity, keys, rbac, secrets, system, tokens
+from coffer.api.routes import access, admin, certificates, identity, keys, rbac, secrets, system, tokens
 from coffer.api.routing import Route, resolve
 from coffer.audit import AuditError
 from coffer.core import RequestInfo, Result
@@ -23,7 +23,7 @@ from coffer.storage import StorageError
 
 log = logging.getLogger("coffer.api")
 
-VAULT_ROUTES: list[Route] = secrets.ROUTES + keys.ROUTES + rbac.ROUTES
+VAULT_ROUTES: list[Route] = secrets.ROUTES + keys.ROUTES + certificates.ROUTES + rbac.ROUTES
 SERVER_PUBLIC_ROUTES: list[Route] = system.PUBLIC_ROUTES + tokens.ROUTES
 SERVER_ROUTES: list[Route] = system.ROUTES + admin.ROUTES + identity.ROUTES + access.ROUTES
 

@@ -1,0 +1,531 @@
+"""The Certificates API of Key Vault (specs/keyvault/2026-04-01/certificates.json).
+
+Implemented: create (issuer Self issues at once; issuer Unknown returns a CSR, then merge, cancel or delete the
+pending operation), import (PKCS#12, PEM), get, list, versions, update, policy, soft delete, recover, purge, backup
+and restore. Data actions: merging uses certificates/create/action; cancelling or deleting a pending operation
+uses certificates/update/action; everything that reads uses certificates/read, contacts included (their
+writes use certificatecontacts/write); issuers use certificatecas/read|write|delete. Contacts and issuers are
+per-vault objects of kinds "certificate-contacts" and "certificate-issuer" (objects/certificate.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coffer.api import wire
+from coffer.api.request import ApiRequest
+from coffer.api.routing import Route
+from coffer.core import Context, Operation, Result
+from coffer.objects import certificate, key, rules
+from coffer.storage import ObjectRow, VaultRow, VersionRow
+
+_ACTION = "Microsoft.KeyVault/vaults/"
+
+
+async def _run(
+    req: ApiRequest,
+    name: str,
+    action: str,
+    scope: str,
+    write: bool,
+    run: Any,
+    policy: str | None = None,
+    *,
+    family: str = "certificates/",
+) -> Result:
+    op = Operation(
+        name=name, action=_ACTION + family + action, scope=scope, vault=req.vault, write=write, run=run, policy=policy
+    )
+    assert req.caller is not None
+    return await req.pipeline.execute(op, req.caller, req.info)
+
+
+def _backends(req: ApiRequest) -> key.Backends:
+    backends: key.Backends = req.app.key_backends
+    return backends
+
+
+# --- wire shapes ---------------------------------------------------------------------------------------------
+def _attributes(row: VersionRow, vault: VaultRow) -> dict[str, Any]:
+    result: dict[str, Any] = {"enabled": row.enabled}
+    if row.nbf is not None:
+        result["nbf"] = row.nbf
+    if row.exp is not None:
+        result["exp"] = row.exp
+    result.update(
+        created=row.created,
+        updated=row.updated,
+        recoverableDays=vault.retention_days,
+        recoveryLevel=rules.recovery_level(vault),
+    )
+    return result
+
+
+def _cert_id(req: ApiRequest, obj: ObjectRow, version: str | None = None) -> str:
+    base = f"{req.vault_url}/certificates/{obj.name}"
+    return f"{base}/{version}" if version else base
+
+
+def _policy_body(req: ApiRequest, obj: ObjectRow, policy: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"{_cert_id(req, obj)}/policy", **policy}
+
+
+def _bundle(req: ApiRequest, ctx: Context, item: certificate.Certificate, *, deleted: bool = False) -> Result:
+    assert ctx.vault is not None
+    obj, row = item.obj, item.row
+    body: dict[str, Any] = {
+        "id": _cert_id(req, obj, row.version),
+        "kid": f"{req.vault_url}/keys/{obj.name}/{row.version}",
+        "sid": f"{req.vault_url}/secrets/{obj.name}/{row.version}",
+        "x5t": item.x5t,
+        "cer": item.cer,
+        "attributes": _attributes(row, ctx.vault),
+    }
+    if row.content_type is not None:
+        body["contentType"] = row.content_type
+    if row.tags is not None:
+        body["tags"] = row.tags
+    if item.policy:
+        body["policy"] = _policy_body(req, obj, item.policy)
+    if deleted:
+        body.update(_deleted_fields(req, obj))
+    return Result(body=body, object_id=body["id"])
+
+
+def _deleted_fields(req: ApiRequest, obj: ObjectRow) -> dict[str, Any]:
+    return {
+        "recoveryId": f"{req.vault_url}/deletedcertificates/{obj.name}",
+        "deletedDate": obj.deleted,
+        "scheduledPurgeDate": obj.purge_at,
+    }
+
+
+def _operation(req: ApiRequest, obj: ObjectRow, pending: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": f"{_cert_id(req, obj)}/pending",
+        "issuer": pending.get("issuer") or {"name": "Self"},
+        "csr": pending.get("csr"),
+        "cancellation_requested": bool(pending.get("cancellation_requested")),
+        "status": pending.get("status"),
+        "status_details": pending.get("status_details"),
+        "request_id": pending.get("request_id"),
+    }
+    if pending.get("target"):
+        body["target"] = _cert_id(req, obj)
+    if pending.get("error"):
+        body["error"] = pending["error"]
+    return body
+
+
+# --- handlers --------------------------------------------------------------------------------------------------
+async def create_certificate(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        obj, _ = certificate.create(ctx.require_view(), _backends(req), name, body, vault_url=req.vault_url)
+        # issuer Self has issued already, but the SDK's poller only polls (and then fetches the certificate) when
+        # the first answer is inProgress (contract C22); GET .../pending answers completed
+        op = _operation(req, obj, {**obj.data["pending"], "status": "inProgress", "target": None})
+        return Result(status=202, body=op, object_id=op["id"], headers={"Location": op["id"]})
+
+    return await _run(req, "CertificateCreate", "create/action", f"/certificates/{name}", True, run)
+
+
+async def import_certificate(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        view = ctx.require_view()
+        item = certificate.import_certificate(view, _backends(req), name, body, vault_url=req.vault_url)
+        return _bundle(req, ctx, item)
+
+    return await _run(req, "CertificateImport", "import/action", f"/certificates/{name}", True, run)
+
+
+async def backup_certificate(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        blob = certificate.backup(ctx.require_view(), name)
+        return Result(body={"value": wire.b64url_encode(blob)}, object_id=f"{req.vault_url}/certificates/{name}")
+
+    return await _run(req, "CertificateBackup", "backup/action", f"/certificates/{name}", False, run)
+
+
+async def restore_certificate(req: ApiRequest) -> Result:
+    body = await req.json()
+    blob = wire.b64url_decode(body.get("value"))
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, certificate.restore(ctx.require_view(), blob))
+
+    return await _run(req, "CertificateRestore", "restore/action", "/certificates", True, run)
+
+
+async def get_pending(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        obj, pending = certificate.pending_operation(ctx.require_view(), name)
+        op = _operation(req, obj, pending)
+        return Result(body=op, object_id=op["id"])
+
+    return await _run(req, "CertificatePendingGet", "read", f"/certificates/{name}", False, run, "get")
+
+
+async def merge_certificate(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        item = certificate.merge(ctx.require_view(), name, body, vault_url=req.vault_url)
+        result = _bundle(req, ctx, item)
+        result.status = 201
+        return result
+
+    return await _run(req, "CertificatePendingMerge", "create/action", f"/certificates/{name}", True, run)
+
+
+async def delete_pending(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        obj, pending = certificate.delete_pending(ctx.require_view(), name)
+        op = _operation(req, obj, pending)
+        return Result(body=op, object_id=op["id"])
+
+    return await _run(req, "CertificatePendingDelete", "update/action", f"/certificates/{name}", True, run)
+
+
+async def cancel_pending(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        obj, pending = certificate.cancel_pending(ctx.require_view(), name, body)
+        op = _operation(req, obj, pending)
+        return Result(body=op, object_id=op["id"])
+
+    return await _run(req, "CertificatePendingUpdate", "update/action", f"/certificates/{name}", True, run)
+
+
+async def get_certificate(req: ApiRequest) -> Result:
+    name, version = req.params["name"], req.params.get("version") or None
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, certificate.get(ctx.require_view(), name, version))
+
+    return await _run(req, "CertificateGet", "read", f"/certificates/{name}", False, run, "get")
+
+
+async def update_certificate(req: ApiRequest) -> Result:
+    name, version = req.params["name"], req.params.get("version") or None
+    body = await req.json()
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, certificate.update(ctx.require_view(), name, version, body))
+
+    return await _run(req, "CertificateUpdate", "update/action", f"/certificates/{name}", True, run)
+
+
+async def get_policy(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        obj, policy = certificate.get_policy(ctx.require_view(), name)
+        return Result(body=_policy_body(req, obj, policy), object_id=_cert_id(req, obj))
+
+    return await _run(req, "CertificatePolicyGet", "read", f"/certificates/{name}", False, run, "get")
+
+
+async def update_policy(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        obj, policy = certificate.set_policy(ctx.require_view(), name, body)
+        return Result(body=_policy_body(req, obj, policy), object_id=_cert_id(req, obj))
+
+    return await _run(req, "CertificatePolicyUpdate", "update/action", f"/certificates/{name}", True, run)
+
+
+async def delete_certificate(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, certificate.delete(ctx.require_view(), name), deleted=True)
+
+    return await _run(req, "CertificateDelete", "delete", f"/certificates/{name}", True, run)
+
+
+def _page(
+    req: ApiRequest,
+    ctx: Context,
+    items: list[certificate.Certificate],
+    size: int,
+    path: str,
+    last: str | None,
+    *,
+    versioned: bool,
+    deleted: bool = False,
+) -> Result:
+    assert ctx.vault is not None
+    values = []
+    for item in items:
+        value: dict[str, Any] = {
+            "id": _cert_id(req, item.obj, item.row.version if versioned else None),
+            "x5t": item.x5t,
+            "attributes": _attributes(item.row, ctx.vault),
+        }
+        if item.row.tags is not None:
+            value["tags"] = item.row.tags
+        if deleted:
+            value.update(_deleted_fields(req, item.obj))
+        values.append(value)
+    return Result(
+        body=wire.page(
+            values, vault_url=req.vault_url, path=path, api_version=req.info.api_version, last=last, size=size
+        )
+    )
+
+
+async def list_certificates(req: ApiRequest) -> Result:
+    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
+
+    def run(ctx: Context) -> Result:
+        items = certificate.list_latest(ctx.require_view(), deleted=False, after=after, limit=size + 1)
+        more = len(items) > size
+        items = items[:size]
+        last = items[-1].obj.name.lower() if more and items else None
+        return _page(req, ctx, items, size, "/certificates", last, versioned=False)
+
+    return await _run(req, "CertificateList", "read", "/certificates", False, run, "list")
+
+
+async def list_deleted_certificates(req: ApiRequest) -> Result:
+    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
+
+    def run(ctx: Context) -> Result:
+        items = certificate.list_latest(ctx.require_view(), deleted=True, after=after, limit=size + 1)
+        more = len(items) > size
+        items = items[:size]
+        last = items[-1].obj.name.lower() if more and items else None
+        return _page(req, ctx, items, size, "/deletedcertificates", last, versioned=False, deleted=True)
+
+    return await _run(req, "CertificateListDeleted", "read", "/deletedcertificates", False, run, "list")
+
+
+async def list_certificate_versions(req: ApiRequest) -> Result:
+    name = req.params["name"]
+    size, after = wire.page_size(req.query), wire.version_position(req.query)
+
+    def run(ctx: Context) -> Result:
+        items = certificate.list_versions(ctx.require_view(), name, after_seq=after, limit=size + 1)
+        more = len(items) > size
+        items = items[:size]
+        last = str(items[-1].row.seq) if more and items else None
+        path = f"/certificates/{items[0].obj.name if items else name}/versions"
+        return _page(req, ctx, items, size, path, last, versioned=True)
+
+    return await _run(req, "CertificateListVersions", "read", f"/certificates/{name}", False, run, "list")
+
+
+async def get_deleted_certificate(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, certificate.get_deleted(ctx.require_view(), name), deleted=True)
+
+    return await _run(req, "CertificateGetDeleted", "read", f"/deletedcertificates/{name}", False, run, "get")
+
+
+async def purge_deleted_certificate(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        certificate.purge(ctx.require_view(), _backends(req), name)
+        return Result(status=204, object_id=f"{req.vault_url}/deletedcertificates/{name}")
+
+    return await _run(req, "CertificatePurge", "purge/action", f"/deletedcertificates/{name}", True, run)
+
+
+async def recover_deleted_certificate(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _bundle(req, ctx, certificate.recover(ctx.require_view(), name))
+
+    return await _run(req, "CertificateRecover", "recover/action", f"/deletedcertificates/{name}", True, run)
+
+
+# --- contacts and issuers ------------------------------------------------------------------------------------------
+def _contacts(req: ApiRequest, contacts: list[dict[str, Any]]) -> Result:
+    url = f"{req.vault_url}/certificates/contacts"
+    return Result(body={"id": url, "contacts": contacts}, object_id=url)
+
+
+async def set_contacts(req: ApiRequest) -> Result:
+    body = await req.json()
+
+    def run(ctx: Context) -> Result:
+        return _contacts(req, certificate.set_contacts(ctx.require_view(), body))
+
+    return await _run(
+        req, "CertificateContactsSet", "write", "/certificates/contacts", True, run, family="certificatecontacts/"
+    )
+
+
+async def get_contacts(req: ApiRequest) -> Result:
+    def run(ctx: Context) -> Result:
+        return _contacts(req, certificate.get_contacts(ctx.require_view()))
+
+    return await _run(req, "CertificateContactsGet", "read", "/certificates/contacts", False, run, "get")
+
+
+async def delete_contacts(req: ApiRequest) -> Result:
+    def run(ctx: Context) -> Result:
+        return _contacts(req, certificate.delete_contacts(ctx.require_view()))
+
+    return await _run(
+        req, "CertificateContactsDelete", "write", "/certificates/contacts", True, run, family="certificatecontacts/"
+    )
+
+
+def _issuer_id(req: ApiRequest, name: str) -> str:
+    return f"{req.vault_url}/certificates/issuers/{name}"
+
+
+def _issuer(req: ApiRequest, issuer: dict[str, Any]) -> Result:
+    body = {"id": _issuer_id(req, issuer["name"]), **{k: v for k, v in issuer.items() if k != "name"}}
+    return Result(body=body, object_id=body["id"])
+
+
+async def set_issuer(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        return _issuer(req, certificate.set_issuer(ctx.require_view(), name, body))
+
+    return await _run(
+        req,
+        "CertificateIssuerSet",
+        "write",
+        f"/certificates/issuers/{name}",
+        True,
+        run,
+        "setissuers",
+        family="certificatecas/",
+    )
+
+
+async def update_issuer(req: ApiRequest) -> Result:
+    name, body = req.params["name"], await req.json()
+
+    def run(ctx: Context) -> Result:
+        return _issuer(req, certificate.set_issuer(ctx.require_view(), name, body, partial=True))
+
+    return await _run(
+        req,
+        "CertificateIssuerUpdate",
+        "write",
+        f"/certificates/issuers/{name}",
+        True,
+        run,
+        "setissuers",
+        family="certificatecas/",
+    )
+
+
+async def get_issuer(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _issuer(req, certificate.get_issuer(ctx.require_view(), name))
+
+    return await _run(
+        req,
+        "CertificateIssuerGet",
+        "read",
+        f"/certificates/issuers/{name}",
+        False,
+        run,
+        "getissuers",
+        family="certificatecas/",
+    )
+
+
+async def delete_issuer(req: ApiRequest) -> Result:
+    name = req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        return _issuer(req, certificate.delete_issuer(ctx.require_view(), name))
+
+    return await _run(
+        req,
+        "CertificateIssuerDelete",
+        "delete",
+        f"/certificates/issuers/{name}",
+        True,
+        run,
+        "deleteissuers",
+        family="certificatecas/",
+    )
+
+
+async def list_issuers(req: ApiRequest) -> Result:
+    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
+
+    def run(ctx: Context) -> Result:
+        items = certificate.list_issuers(ctx.require_view(), after=after, limit=size + 1)
+        more = len(items) > size
+        items = items[:size]
+        last = items[-1]["name"].lower() if more and items else None
+        values = [{"id": _issuer_id(req, i["name"]), "provider": i["provider"]} for i in items]
+        body = wire.page(
+            values,
+            vault_url=req.vault_url,
+            path="/certificates/issuers",
+            api_version=req.info.api_version,
+            last=last,
+            size=size,
+        )
+        return Result(body=body)
+
+    return await _run(
+        req,
+        "CertificateIssuerList",
+        "read",
+        "/certificates/issuers",
+        False,
+        run,
+        "listissuers",
+        family="certificatecas/",
+    )
+
+
+ROUTES = [
+    Route("PUT", "/certificates/contacts", set_contacts, "CertificateContactsSet"),
+    Route("GET", "/certificates/contacts", get_contacts, "CertificateContactsGet"),
+    Route("DELETE", "/certificates/contacts", delete_contacts, "CertificateContactsDelete"),
+    Route("GET", "/certificates/issuers", list_issuers, "CertificateIssuerList"),
+    Route("PUT", "/certificates/issuers/{name}", set_issuer, "CertificateIssuerSet"),
+    Route("PATCH", "/certificates/issuers/{name}", update_issuer, "CertificateIssuerUpdate"),
+    Route("GET", "/certificates/issuers/{name}", get_issuer, "CertificateIssuerGet"),
+    Route("DELETE", "/certificates/issuers/{name}", delete_issuer, "CertificateIssuerDelete"),
+    Route("GET", "/certificates", list_certificates, "CertificateList"),
+    Route("POST", "/certificates/restore", restore_certificate, "CertificateRestore"),
+    Route("POST", "/certificates/{name}/import", import_certificate, "CertificateImport"),
+    Route("POST", "/certificates/{name}/backup", backup_certificate, "CertificateBackup"),
+    Route("GET", "/certificates/{name}/versions", list_certificate_versions, "CertificateListVersions"),
+    Route("POST", "/certificates/{name}/create", create_certificate, "CertificateCreate"),
+    Route("GET", "/certificates/{name}/pending", get_pending, "CertificatePendingGet"),
+    Route("DELETE", "/certificates/{name}/pending", delete_pending, "CertificatePendingDelete"),
+    Route("PATCH", "/certificates/{name}/pending", cancel_pending, "CertificatePendingUpdate"),
+    Route("POST", "/certificates/{name}/pending/merge", merge_certificate, "CertificatePendingMerge"),
+    Route("GET", "/certificates/{name}/policy", get_policy, "CertificatePolicyGet"),
+    Route("PATCH", "/certificates/{name}/policy", update_policy, "CertificatePolicyUpdate"),
+    Route("DELETE", "/certificates/{name}", delete_certificate, "CertificateDelete"),
+    Route("GET", "/certificates/{name}/{version?}", get_certificate, "CertificateGet"),
+    Route("PATCH", "/certificates/{name}/{version?}", update_certificate, "CertificateUpdate"),
+    Route("GET", "/deletedcertificates", list_deleted_certificates, "CertificateListDeleted"),
+    Route("GET", "/deletedcertificates/{name}", get_deleted_certificate, "CertificateGetDeleted"),
+    Route("DELETE", "/deletedcertificates/{name}", purge_deleted_certificate, "CertificatePurge"),
+    Route("POST", "/deletedcertificates/{name}/recover", recover_deleted_certificate, "CertificateRecover"),
+]

@@ -1,0 +1,759 @@
+"""Certificates: versioned X.509 certificates, each version backed by a managed key and a managed secret of the
+same name and version id (Key Vault's model). Issuer "Self" issues at once; soft delete, recovery and purge cover
+the certificate and its backing key and secret together."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from coffer.barrier import VaultView
+from coffer.clock import now
+from coffer.crypto import certs, envelope
+from coffer.crypto.keys import HSM_TYPES, KeyMaterial, KeyOperationError
+from coffer.errors import BadParameter, Conflict, NotFound
+from coffer.objects import key as keys
+from coffer.objects import lifecycle, rules
+from coffer.objects import secret as secrets
+from coffer.storage import ObjectRow, VersionRow
+
+KIND = "certificate"
+PKCS12 = "application/x-pkcs12"
+PEM = "application/x-pem-file"
+_IN_PROGRESS = (
+    "A new key vault certificate can not be created or imported while a pending key vault certificate's status is "
+    "inProgress."
+)
+
+
+@dataclass
+class Certificate:
+    obj: ObjectRow
+    row: VersionRow
+
+    @property
+    def cer(self) -> str:
+        return str(self.row.extra["cer"])
+
+    @property
+    def x5t(self) -> str:
+        return str(self.row.extra["x5t"])
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return dict(self.obj.data.get("policy") or {})
+
+
+# --- policy ----------------------------------------------------------------------------------------------
+def _str_list(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadParameter(f"Property {field} must be a list of strings.")
+    return list(value)
+
+
+def _dict(value: Any, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadParameter(f"Property {field} must be an object.")
+    return value
+
+
+def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A complete policy from a (possibly partial) request policy merged over `previous`."""
+    given = _dict(body, "policy")
+    old = previous or {}
+    key_props = {**_dict(old.get("key_props"), "key_props"), **_dict(given.get("key_props"), "key_props")}
+    kty = key_props.get("kty") or "RSA"
+    if kty in HSM_TYPES:
+        raise BadParameter("HSM-backed certificates are not supported by this server.", code="NotSupported")
+    if kty not in ("RSA", "EC"):
+        raise BadParameter(f"The key type (kty) {str(kty)[:32]!r} is not supported for certificates.")
+    key_props["kty"] = kty
+    if kty == "RSA":
+        key_props.setdefault("key_size", 2048)
+        key_props.pop("crv", None)
+    else:
+        key_props["crv"] = key_props.get("crv") or "P-256"
+        key_props.pop("key_size", None)
+    key_props["exportable"] = bool(key_props.get("exportable", True))
+    key_props["reuse_key"] = bool(key_props.get("reuse_key", False))
+    secret_props = {
+        **_dict(old.get("secret_props"), "secret_props"),
+        **_dict(given.get("secret_props"), "secret_props"),
+    }
+    content_type = secret_props.get("contentType") or PKCS12
+    if content_type not in (PKCS12, PEM):
+        raise BadParameter(f"Content type {str(content_type)[:48]!r} is not supported: use {PKCS12} or {PEM}.")
+    secret_props["contentType"] = content_type
+    x509_props = {**_dict(old.get("x509_props"), "x509_props"), **_dict(given.get("x509_props"), "x509_props")}
+    sans = _dict(x509_props.get("sans"), "sans")
+    subject = x509_props.get("subject")
+    names = [*_str_list(sans.get("dns_names"), "dns_names"), *_str_list(sans.get("emails"), "emails")]
+    names += _str_list(sans.get("upns"), "upns")
+    if not subject and not names:
+        raise BadParameter("Property policy.x509_props needs a subject or subject alternative names.")
+    if subject is not None and not isinstance(subject, str):
+        raise BadParameter("Property subject must be a string.")
+    months = x509_props.get("validity_months", 12)
+    if isinstance(months, bool) or not isinstance(months, int) or not 1 <= months <= 1200:
+        raise BadParameter("Property validity_months must be an integer between 1 and 1200.")
+    x509_props["validity_months"] = months
+    usages = _str_list(x509_props.get("key_usage"), "key_usage")
+    if [u for u in usages if u not in certs.KEY_USAGES]:
+        raise BadParameter("Property key_usage has an unknown key usage.")
+    if "key_usage" not in x509_props:
+        x509_props["key_usage"] = (
+            ["digitalSignature", "keyEncipherment"] if kty == "RSA" else ["digitalSignature", "keyAgreement"]
+        )
+    if "ekus" not in x509_props:
+        x509_props["ekus"] = list(certs.DEFAULT_EKUS)
+    _str_list(x509_props["ekus"], "ekus")
+    issuer = {**_dict(old.get("issuer"), "issuer"), **_dict(given.get("issuer"), "issuer")}
+    issuer["name"] = issuer.get("name") or "Self"
+    if not isinstance(issuer["name"], str) or issuer["name"].lower() not in ("self", "unknown"):
+        raise BadParameter(f"Issuer {str(issuer['name'])[:32]!r} is not supported by this server: use Self or Unknown.")
+    issuer["name"] = "Self" if issuer["name"].lower() == "self" else "Unknown"
+    lifetime = given.get("lifetime_actions", old.get("lifetime_actions"))
+    if lifetime is None:
+        lifetime = [{"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "AutoRenew"}}]
+    if not isinstance(lifetime, list):
+        raise BadParameter("Property lifetime_actions must be a list.")
+    stamp = now()
+    old_attrs = _dict(old.get("attributes"), "attributes")
+    enabled = _dict(given.get("attributes"), "attributes").get("enabled", old_attrs.get("enabled", True))
+    return {
+        "key_props": key_props,
+        "secret_props": secret_props,
+        "x509_props": x509_props,
+        "lifetime_actions": lifetime,
+        "issuer": issuer,
+        "attributes": {"enabled": bool(enabled), "created": old_attrs.get("created", stamp), "updated": stamp},
+    }
+
+
+# --- creating ------------------------------------------------------------------------------------------------
+def create(
+    view: VaultView, backends: keys.Backends, name: str, body: dict[str, Any], *, vault_url: str
+) -> tuple[ObjectRow, Certificate | None]:
+    """Issue a version per the policy: at once for issuer Self (the certificate), or, for issuer Unknown, a pending
+    operation with a CSR (None). obj.data["pending"] holds the operation."""
+    rules.check_name(name, "certificate")
+    obj = lifecycle.free_name(view, KIND, name)
+    pending = obj.data.get("pending") or {}
+    if pending.get("status") == "inProgress":
+        raise Conflict(_IN_PROGRESS)
+    policy = check_policy(body.get("policy"), obj.data.get("policy"))
+    tags = rules.check_tags(body.get("tags"))
+    attrs = rules.check_attributes(body.get("attributes"))
+    key_obj = lifecycle.free_name(view, keys.KIND, name)
+    secret_obj = lifecycle.free_name(view, "secret", name)
+    kp, x5 = policy["key_props"], policy["x509_props"]
+    material = _reused_key(view, key_obj, kp) if kp["reuse_key"] else None
+    if material is None:
+        try:
+            material = backends.software.generate(kp["kty"], size=kp.get("key_size"), curve=kp.get("crv"))
+        except KeyOperationError as exc:
+            raise BadParameter(str(exc)) from None
+    sans = x5.get("sans") or {}
+    if policy["issuer"]["name"] == "Unknown":
+        _start_pending(view, obj, material, policy, tags, attrs)
+        return obj, None
+    try:
+        der = certs.self_signed(
+            material.private,
+            subject=x5.get("subject") or "",
+            dns_names=list(sans.get("dns_names") or []),
+            emails=list(sans.get("emails") or []),
+            upns=list(sans.get("upns") or []),
+            key_usage=list(x5.get("key_usage") or []),
+            ekus=list(x5.get("ekus") or []),
+            validity_months=int(x5["validity_months"]),
+        )
+    except certs.CertificateError as exc:
+        raise BadParameter(str(exc)) from None
+    return obj, _store(view, obj, key_obj, secret_obj, material, der, [], policy, tags, attrs, vault_url)
+
+
+def _store(
+    view: VaultView,
+    obj: ObjectRow,
+    key_obj: ObjectRow,
+    secret_obj: ObjectRow,
+    material: KeyMaterial,
+    der: bytes,
+    chain: list[bytes],
+    policy: dict[str, Any],
+    tags: dict[str, str] | None,
+    attrs: dict[str, Any],
+    vault_url: str,
+) -> Certificate:
+    """Write the certificate version and its backing key and secret versions (one version id)."""
+    name = obj.name
+    kp = policy["key_props"]
+    info = certs.inspect(der)
+    version = rules.new_version()
+    stamp = now()
+    enabled = attrs.get("enabled", True)
+    content_type = policy["secret_props"]["contentType"]
+    exportable = bool(kp["exportable"])
+    private = material.private if exportable else None
+    if content_type == PEM:
+        value = certs.export_pem(der, private, chain)
+    else:
+        value = base64.b64encode(certs.export_pkcs12(der, private, name, chain)).decode("ascii")
+
+    def new_row(kind: str, row_name: str) -> VersionRow:
+        return VersionRow(
+            vault=view.name,
+            kind=kind,
+            name=row_name,
+            version=version,
+            created=stamp,
+            updated=stamp,
+            enabled=enabled,
+            nbf=info.not_before,
+            exp=info.not_after,
+            tags=tags,
+        )
+
+    key_extra: dict[str, Any] = {
+        "kty": material.kty,
+        "key_ops": list(keys.DEFAULT_OPS[material.kty]),
+        "public": material.public,
+        "hsm": False,
+    }
+    if material.size:
+        key_extra["size"] = material.size
+    if material.curve:
+        key_extra["crv"] = material.curve
+    key_row = new_row(keys.KIND, key_obj.name)
+    key_row.managed = True
+    key_row.payload = view.seal(keys.KIND, key_obj.name, version, "key", material.private)
+    key_row.extra = key_extra
+    secret_row = new_row("secret", secret_obj.name)
+    secret_row.content_type = content_type
+    secret_row.managed = True
+    secret_row.kid = f"{vault_url}/keys/{key_obj.name}/{version}"
+    secret_row.payload = view.seal("secret", secret_obj.name, version, "value", value.encode("utf-8"))
+    cert_row = new_row(KIND, obj.name)
+    cert_row.content_type = content_type
+    cert_row.extra = {"cer": base64.b64encode(der).decode("ascii"), "x5t": info.x5t}
+    for row, target in ((key_row, key_obj), (secret_row, secret_obj), (cert_row, obj)):
+        view.version_put(row)
+        target.latest = version
+    view.object_put(key_obj)
+    view.object_put(secret_obj)
+    obj.data = {
+        **obj.data,
+        "policy": policy,
+        "pending": {
+            "issuer": {"name": policy["issuer"]["name"]},
+            "cancellation_requested": False,
+            "status": "completed",
+            "request_id": rules.new_version(),
+            "target": obj.name,
+        },
+    }
+    view.object_put(obj)
+    return Certificate(obj, cert_row)
+
+
+def _reused_key(view: VaultView, key_obj: ObjectRow, key_props: dict[str, Any]) -> KeyMaterial | None:
+    """The latest backing key again (policy reuse_key), when it is a software key of the policy's type."""
+    if key_obj.latest is None:
+        return None
+    row = view.version_get(keys.KIND, key_obj.name, key_obj.latest)
+    if row is None or not row.managed or row.extra.get("hsm") or row.extra.get("kty") != key_props["kty"]:
+        return None
+    if row.extra.get("size") != key_props.get("key_size") or row.extra.get("crv") != key_props.get("crv"):
+        return None
+    return KeyMaterial(
+        kty=str(row.extra["kty"]),
+        public=dict(row.extra.get("public") or {}),
+        private=view.open(keys.KIND, row.name, row.version, "key", row.payload),
+        size=row.extra.get("size"),
+        curve=row.extra.get("crv"),
+    )
+
+
+def _start_pending(
+    view: VaultView,
+    obj: ObjectRow,
+    material: KeyMaterial,
+    policy: dict[str, Any],
+    tags: dict[str, str] | None,
+    attrs: dict[str, Any],
+) -> None:
+    """Issuer Unknown: keep the new key (sealed) and its CSR until the signed certificate is merged."""
+    x5 = policy["x509_props"]
+    sans = x5.get("sans") or {}
+    try:
+        csr = certs.build_csr(
+            material.private,
+            subject=x5.get("subject") or "",
+            dns_names=list(sans.get("dns_names") or []),
+            emails=list(sans.get("emails") or []),
+            upns=list(sans.get("upns") or []),
+            key_usage=list(x5.get("key_usage") or []),
+            ekus=list(x5.get("ekus") or []),
+        )
+    except certs.CertificateError as exc:
+        raise BadParameter(str(exc)) from None
+    request_id = rules.new_version()
+    sealed = view.seal(KIND, obj.name, "pending-" + request_id, "key", material.private)
+    obj.data = {
+        **obj.data,
+        "policy": policy,
+        "pending": {
+            "issuer": {"name": "Unknown"},
+            "csr": base64.b64encode(csr).decode("ascii"),
+            "cancellation_requested": False,
+            "status": "inProgress",
+            "status_details": "Pending certificate created. Please Perform Merge to complete the request.",
+            "request_id": request_id,
+            "key": sealed.hex(),
+            "kty": material.kty,
+            "public": material.public,
+            "size": material.size,
+            "crv": material.curve,
+            "newPolicy": policy,
+            "tags": tags,
+            "attributes": attrs,
+        },
+    }
+    view.object_put(obj)
+    return None
+
+
+def merge(view: VaultView, name: str, body: dict[str, Any], *, vault_url: str) -> Certificate:
+    obj, pending = pending_operation(view, name)
+    if pending.get("status") != "inProgress" or not pending.get("key"):
+        raise BadParameter("Pending certificate not found or not in progress.", code="PendingCertificateNotFound")
+    x5c = body.get("x5c")
+    if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
+        raise BadParameter("Property x5c is required: a list of base64 DER certificates.")
+    try:
+        chain = [base64.b64decode(c, validate=True) for c in x5c]
+    except ValueError:
+        raise BadParameter("Property x5c holds invalid base64.") from None
+    request_id = str(pending["request_id"])
+    private = view.open(KIND, obj.name, "pending-" + request_id, "key", bytes.fromhex(pending["key"]))
+    try:
+        if not certs.matches_key(chain[0], private):
+            raise BadParameter("Public key from x509 certificate and key of this instance doesn't match")
+        for extra in chain[1:]:
+            certs.inspect(extra)
+    except certs.CertificateError as exc:
+        raise BadParameter(str(exc)) from None
+    material = KeyMaterial(
+        kty=str(pending["kty"]),
+        public=dict(pending["public"]),
+        private=private,
+        size=pending.get("size"),
+        curve=pending.get("crv"),
+    )
+    tags = rules.check_tags(body["tags"]) if body.get("tags") is not None else pending.get("tags")
+    attrs = {**(pending.get("attributes") or {}), **rules.check_attributes(body.get("attributes"))}
+    key_obj = lifecycle.free_name(view, keys.KIND, name)
+    secret_obj = lifecycle.free_name(view, "secret", name)
+    cert = _store(
+        view, obj, key_obj, secret_obj, material, chain[0], chain[1:], pending["newPolicy"], tags, attrs, vault_url
+    )
+    obj.data["pending"] = {
+        "issuer": {"name": "Unknown"},
+        "csr": pending.get("csr"),
+        "cancellation_requested": False,
+        "status": "completed",
+        "request_id": request_id,
+        "target": obj.name,
+    }
+    view.object_put(obj)
+    return cert
+
+
+def delete_pending(view: VaultView, name: str) -> tuple[ObjectRow, dict[str, Any]]:
+    obj, pending = pending_operation(view, name)
+    if obj.latest is None:
+        view.object_purge(KIND, obj.name)
+    else:
+        obj.data = {k: v for k, v in obj.data.items() if k != "pending"}
+        view.object_put(obj)
+    return obj, pending
+
+
+def cancel_pending(view: VaultView, name: str, body: dict[str, Any]) -> tuple[ObjectRow, dict[str, Any]]:
+    obj, pending = pending_operation(view, name)
+    flag = body.get("cancellation_requested")
+    if not isinstance(flag, bool):
+        raise BadParameter("Property cancellation_requested is required and must be a boolean.")
+    if flag and pending.get("status") == "inProgress":
+        pending.update(cancellation_requested=True, status="cancelled", status_details="Cancelled by the user.")
+        pending.pop("key", None)
+        obj.data = {**obj.data, "pending": pending}
+        view.object_put(obj)
+    return obj, pending
+
+
+def import_certificate(
+    view: VaultView, backends: keys.Backends, name: str, body: dict[str, Any], *, vault_url: str
+) -> Certificate:
+    rules.check_name(name, "certificate")
+    value, password = body.get("value"), body.get("pwd")
+    if not isinstance(value, str) or not value:
+        raise BadParameter("Property value is required and must be a string.")
+    if password is not None and not isinstance(password, str):
+        raise BadParameter("Property pwd must be a string.")
+    obj = lifecycle.free_name(view, KIND, name)
+    if (obj.data.get("pending") or {}).get("status") == "inProgress":
+        raise Conflict(_IN_PROGRESS)
+    try:
+        imported = certs.load_import(value, password)
+        info = certs.inspect(imported.cert_der)
+    except certs.CertificateError as exc:
+        raise BadParameter(str(exc)) from None
+    try:
+        material = backends.software.import_jwk(certs.private_jwk(imported.private_der))
+    except (KeyOperationError, certs.CertificateError) as exc:
+        raise BadParameter(str(exc)) from None
+    given = dict(body.get("policy") or {})
+    previous = obj.data.get("policy") or {}
+    x509_props = {**(previous.get("x509_props") or {}), **(given.get("x509_props") or {})}
+    x509_props.setdefault("subject", info.subject)
+    key_props = {**(previous.get("key_props") or {}), **(given.get("key_props") or {})}
+    key_props.update(kty=material.kty, key_size=material.size, crv=material.curve)
+    secret_props = dict(given.get("secret_props") or previous.get("secret_props") or {})
+    if not secret_props.get("contentType"):
+        secret_props["contentType"] = PEM if imported.pem else PKCS12
+    policy = check_policy(
+        {**given, "x509_props": x509_props, "key_props": key_props, "secret_props": secret_props}, previous
+    )
+    tags = rules.check_tags(body.get("tags"))
+    attrs = rules.check_attributes(body.get("attributes"))
+    key_obj = lifecycle.free_name(view, keys.KIND, name)
+    secret_obj = lifecycle.free_name(view, "secret", name)
+    return _store(
+        view, obj, key_obj, secret_obj, material, imported.cert_der, imported.chain, policy, tags, attrs, vault_url
+    )
+
+
+# --- reading and changing ------------------------------------------------------------------------------------
+def get(view: VaultView, name: str, version: str | None) -> Certificate:
+    obj = lifecycle.live(view, KIND, name)
+    return Certificate(obj, lifecycle.version(view, KIND, obj, version))
+
+
+def pending_operation(view: VaultView, name: str) -> tuple[ObjectRow, dict[str, Any]]:
+    rules.check_name(name, "certificate")
+    obj = view.object_get(KIND, name)
+    if obj is None or obj.deleted is not None or not obj.data.get("pending"):
+        raise lifecycle.not_found(KIND, name)
+    return obj, dict(obj.data["pending"])
+
+
+def _backing(view: VaultView, kind: str, name: str, version: str) -> tuple[ObjectRow, VersionRow] | None:
+    obj = view.object_get(kind, name)
+    if obj is None:
+        return None
+    row = view.version_get(kind, obj.name, version)
+    return (obj, row) if row is not None and row.managed else None
+
+
+def update(view: VaultView, name: str, version: str | None, body: dict[str, Any]) -> Certificate:
+    cert = get(view, name, version)
+    if "policy" in body and body["policy"] is not None:
+        cert.obj.data = {**cert.obj.data, "policy": check_policy(body["policy"], cert.policy)}
+        view.object_put(cert.obj)
+    tags = rules.check_tags(body["tags"]) if "tags" in body else None
+    enabled = rules.check_attributes(body.get("attributes")).get("enabled")
+    rows = [cert.row]
+    for kind in (keys.KIND, "secret"):
+        found = _backing(view, kind, cert.obj.name, cert.row.version)
+        if found is not None:
+            rows.append(found[1])
+    stamp = now()
+    for row in rows:
+        if "tags" in body:
+            row.tags = tags
+        if enabled is not None:
+            row.enabled = enabled
+        row.updated = stamp
+        view.version_put(row)
+    return cert
+
+
+def get_policy(view: VaultView, name: str) -> tuple[ObjectRow, dict[str, Any]]:
+    obj = lifecycle.live(view, KIND, name)
+    return obj, dict(obj.data.get("policy") or {})
+
+
+def set_policy(view: VaultView, name: str, body: Any) -> tuple[ObjectRow, dict[str, Any]]:
+    obj = lifecycle.live(view, KIND, name)
+    policy = check_policy(body, obj.data.get("policy"))
+    obj.data = {**obj.data, "policy": policy}
+    view.object_put(obj)
+    return obj, policy
+
+
+def _companions(view: VaultView, name: str, *, deleted: bool) -> list[ObjectRow]:
+    found = []
+    for kind in (keys.KIND, "secret"):
+        obj = view.object_get(kind, name)
+        if obj is not None and (obj.deleted is not None) == deleted and obj.latest is not None:
+            row = view.version_get(kind, obj.name, obj.latest)
+            if row is not None and row.managed:
+                found.append(obj)
+    return found
+
+
+def delete(view: VaultView, name: str) -> Certificate:
+    cert = get(view, name, None)
+    for companion in _companions(view, cert.obj.name, deleted=False):
+        lifecycle.soft_delete(view, companion)
+    lifecycle.soft_delete(view, cert.obj)
+    return cert
+
+
+def get_deleted(view: VaultView, name: str) -> Certificate:
+    obj = lifecycle.deleted(view, KIND, name)
+    return Certificate(obj, lifecycle.version(view, KIND, obj, None))
+
+
+def recover(view: VaultView, name: str) -> Certificate:
+    obj = lifecycle.deleted(view, KIND, name)
+    for companion in _companions(view, obj.name, deleted=True):
+        lifecycle.recover(view, companion)
+    lifecycle.recover(view, obj)
+    return Certificate(obj, lifecycle.version(view, KIND, obj, None))
+
+
+def purge(view: VaultView, backends: keys.Backends, name: str) -> None:
+    obj = lifecycle.deleted(view, KIND, name)
+    lifecycle.check_purge_allowed(view)
+    for companion in _companions(view, obj.name, deleted=True):
+        if companion.kind == keys.KIND:
+            keys.destroy_versions(view, backends, companion)
+        view.object_purge(companion.kind, companion.name)
+    view.object_purge(KIND, obj.name)
+
+
+def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int) -> list[Certificate]:
+    objects = view.object_list(KIND, deleted=deleted, after=after, limit=limit)
+    latest = view.latest_versions(KIND, objects)
+    return [Certificate(o, latest[o.name.lower()]) for o in objects if o.name.lower() in latest]
+
+
+def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: int) -> list[Certificate]:
+    obj = lifecycle.live(view, KIND, name)
+    return [Certificate(obj, row) for row in view.version_list(KIND, obj.name, after_seq=after_seq, limit=limit)]
+
+
+# --- backup and restore --------------------------------------------------------------------------------------
+_BACKUP_FORMAT = 1
+MAX_BACKUP_VERSIONS = 500
+_BAD_BACKUP = "Backup blob contains invalid data. It may have been made by another installation or altered."
+
+
+def backup(view: VaultView, name: str) -> bytes:
+    """The certificate object with every version, plus the sealed backups of its backing key and secret."""
+    obj = lifecycle.live(view, KIND, name)
+    rows = view.version_list(KIND, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
+    if len(rows) > MAX_BACKUP_VERSIONS:
+        raise BadParameter(f"Backup of a certificate with more than {MAX_BACKUP_VERSIONS} versions is not supported.")
+    document = {
+        "format": _BACKUP_FORMAT,
+        "kind": KIND,
+        "name": obj.name,
+        "latest": obj.latest,
+        "data": obj.data,
+        "versions": [
+            {
+                "version": r.version,
+                "created": r.created,
+                "updated": r.updated,
+                "enabled": r.enabled,
+                "nbf": r.nbf,
+                "exp": r.exp,
+                "contentType": r.content_type,
+                "tags": r.tags,
+                "extra": r.extra,
+            }
+            for r in rows
+        ],
+        "key": keys.backup(view, obj.name).hex(),
+        "secret": secrets.backup(view, obj.name).hex(),
+    }
+    return view.barrier.seal_backup(KIND, orjson.dumps(document))
+
+
+def restore(view: VaultView, blob: bytes) -> Certificate:
+    try:
+        document = orjson.loads(view.barrier.open_backup(KIND, blob))
+        if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND:
+            raise ValueError("unexpected backup document")
+        name, latest = str(document["name"]), str(document["latest"])
+        rules.check_name(name, "certificate")
+        rows = []
+        for item in document["versions"]:
+            dates = rules.check_attributes({"nbf": item["nbf"], "exp": item["exp"]})
+            extra = item["extra"]
+            if not isinstance(extra, dict) or not isinstance(extra.get("cer"), str):
+                raise ValueError("invalid version")
+            rows.append(
+                VersionRow(
+                    vault=view.name,
+                    kind=KIND,
+                    name=name,
+                    version=str(item["version"]),
+                    created=int(item["created"]),
+                    updated=int(item["updated"]),
+                    enabled=bool(item["enabled"]),
+                    nbf=dates["nbf"],
+                    exp=dates["exp"],
+                    content_type=rules.check_content_type(item["contentType"]),
+                    tags=rules.check_tags(item["tags"]),
+                    extra=extra,
+                )
+            )
+        if latest not in {r.version for r in rows}:
+            raise ValueError("latest version missing")
+        key_blob, secret_blob = bytes.fromhex(document["key"]), bytes.fromhex(document["secret"])
+        data = dict(document.get("data") or {})
+    except (envelope.DecryptionFailed, BadParameter, ValueError, KeyError, TypeError):
+        raise BadParameter(_BAD_BACKUP) from None
+    for kind in (KIND, keys.KIND, "secret"):
+        if view.object_get(kind, name) is not None:
+            raise Conflict(
+                f"There was a conflict restoring the certificate '{name}'. This can happen if either: a second "
+                "certificate, key or secret with the same name was created after the first certificate was deleted; "
+                "or the certificate was recovered before the restore."
+            )
+    keys.restore(view, key_blob)
+    secrets.restore(view, secret_blob)
+    obj = ObjectRow(vault=view.name, kind=KIND, name=name, latest=latest, data=data)
+    for row in rows:
+        view.version_put(row)
+    view.object_put(obj)
+    return Certificate(obj, next(r for r in rows if r.version == latest))
+
+
+# --- contacts and issuers (per vault settings, kept as objects of their own kinds) -------------------------------
+CONTACTS_KIND = "certificate-contacts"
+ISSUER_KIND = "certificate-issuer"
+_CONTACTS_NAME = "contacts"
+
+
+def _contacts_not_found() -> NotFound:
+    return NotFound("Contacts not found", code="ContactsNotFound")
+
+
+def set_contacts(view: VaultView, body: dict[str, Any]) -> list[dict[str, Any]]:
+    given = body.get("contacts")
+    if not isinstance(given, list):
+        raise BadParameter("Property contacts is required and must be a list.")
+    contacts = []
+    for item in given:
+        if not isinstance(item, dict):
+            raise BadParameter("Each contact must be an object.")
+        contact = {k: item[k] for k in ("email", "name", "phone") if item.get(k) is not None}
+        if not all(isinstance(v, str) and len(v) <= 256 for v in contact.values()):
+            raise BadParameter("Contact fields must be strings of at most 256 characters.")
+        if not contact.get("email"):
+            raise BadParameter("Each contact needs an email address.")
+        contacts.append(contact)
+    obj = view.object_get(CONTACTS_KIND, _CONTACTS_NAME) or ObjectRow(
+        vault=view.name, kind=CONTACTS_KIND, name=_CONTACTS_NAME
+    )
+    obj.data = {"contacts": contacts}
+    view.object_put(obj)
+    return contacts
+
+
+def get_contacts(view: VaultView) -> list[dict[str, Any]]:
+    obj = view.object_get(CONTACTS_KIND, _CONTACTS_NAME)
+    if obj is None or not obj.data.get("contacts"):
+        raise _contacts_not_found()
+    return list(obj.data["contacts"])
+
+
+def delete_contacts(view: VaultView) -> list[dict[str, Any]]:
+    contacts = get_contacts(view)
+    view.object_purge(CONTACTS_KIND, _CONTACTS_NAME)
+    return contacts
+
+
+def _issuer_not_found(name: str) -> NotFound:
+    return NotFound(f"Issuer not found: {name}", code="CertificateIssuerNotFound")
+
+
+def _check_issuer(body: dict[str, Any], previous: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    provider = body.get("provider", previous.get("provider"))
+    if not isinstance(provider, str) or not provider:
+        raise BadParameter("Property provider is required and must be a string.")
+    issuer: dict[str, Any] = {"provider": provider}
+    credentials = _dict(body.get("credentials"), "credentials")
+    account = credentials.get("account_id", (previous.get("credentials") or {}).get("account_id"))
+    if account is not None:
+        if not isinstance(account, str):
+            raise BadParameter("Property credentials.account_id must be a string.")
+        issuer["credentials"] = {"account_id": account}
+    org = body.get("org_details") if "org_details" in body or not partial else previous.get("org_details")
+    if org is not None:
+        org = _dict(org, "org_details")
+        admins = org.get("admin_details") or []
+        if not isinstance(admins, list) or not all(isinstance(a, dict) for a in admins):
+            raise BadParameter("Property org_details.admin_details must be a list of objects.")
+        fields = ("first_name", "last_name", "email", "phone")
+        clean = {"admin_details": [{k: a[k] for k in fields if isinstance(a.get(k), str)} for a in admins]}
+        if isinstance(org.get("id"), str):
+            clean["id"] = org["id"]
+        issuer["org_details"] = clean
+    old_attrs = previous.get("attributes") or {}
+    enabled = _dict(body.get("attributes"), "attributes").get("enabled", old_attrs.get("enabled", True))
+    if not isinstance(enabled, bool):
+        raise BadParameter("Property attributes.enabled must be a boolean.")
+    stamp = now()
+    issuer["attributes"] = {"enabled": enabled, "created": old_attrs.get("created", stamp), "updated": stamp}
+    return issuer
+
+
+def set_issuer(view: VaultView, name: str, body: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    rules.check_name(name, "issuer")
+    obj = view.object_get(ISSUER_KIND, name)
+    if partial and obj is None:
+        raise _issuer_not_found(name)
+    obj = obj or ObjectRow(vault=view.name, kind=ISSUER_KIND, name=name)
+    issuer = _check_issuer(body, obj.data.get("issuer") or {}, partial=partial)
+    password = _dict(body.get("credentials"), "credentials").get("pwd")
+    if password is not None:
+        if not isinstance(password, str):
+            raise BadParameter("Property credentials.pwd must be a string.")
+        sealed = view.seal(ISSUER_KIND, obj.name, "issuer", "pwd", password.encode("utf-8")).hex()
+        obj.data = {**obj.data, "pwd": sealed}
+    obj.data = {**obj.data, "issuer": issuer}
+    view.object_put(obj)
+    return {"name": obj.name, **issuer}
+
+
+def get_issuer(view: VaultView, name: str) -> dict[str, Any]:
+    rules.check_name(name, "issuer")
+    obj = view.object_get(ISSUER_KIND, name)
+    if obj is None:
+        raise _issuer_not_found(name)
+    return {"name": obj.name, **obj.data["issuer"]}
+
+
+def delete_issuer(view: VaultView, name: str) -> dict[str, Any]:
+    issuer = get_issuer(view, name)
+    view.object_purge(ISSUER_KIND, issuer["name"])
+    return issuer
+
+
+def list_issuers(view: VaultView, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+    objects = view.object_list(ISSUER_KIND, deleted=False, after=after, limit=limit)
+    return [{"name": o.name, **o.data["issuer"]} for o in objects]
