@@ -381,3 +381,28 @@ def test_reuse_key(certs: CertificateClient) -> None:
     assert third.public_key().public_bytes(serialization.Encoding.DER, spki) != first.public_key().public_bytes(
         serialization.Encoding.DER, spki
     )
+
+
+def test_backing_key_and_secret_change_only_through_the_certificate(
+    certs: CertificateClient, keys: KeyClient, secrets: SecretClient
+) -> None:
+    name = unique("managed")
+    _create(certs, name, CertificatePolicy.get_default())
+    attempts = [
+        lambda: secrets.set_secret(name, "overwrite"),
+        lambda: secrets.update_secret_properties(name, enabled=False),
+        lambda: secrets.begin_delete_secret(name),
+        lambda: keys.update_key_properties(name, enabled=False),
+        lambda: keys.begin_delete_key(name),
+        lambda: keys.rotate_key(name),
+        lambda: keys.create_rsa_key(name),
+    ]
+    for attempt in attempts:
+        with pytest.raises(HttpResponseError) as refused:
+            attempt()
+        assert refused.value.status_code == 403
+        assert refused.value.response.json()["error"]["innererror"]["code"] == "ManagedObject"
+    assert secrets.get_secret(name).properties.managed is True  # still there, unchanged
+    certs.begin_delete_certificate(name).wait()  # the certificate takes its key and secret with it
+    with pytest.raises(ResourceNotFoundError):
+        secrets.get_secret(name)

@@ -164,6 +164,7 @@ def create(view: VaultView, backends: Backends, name: str, body: dict[str, Any])
         size = 256
     key_ops = _check_key_ops(body.get("key_ops"), DEFAULT_OPS[family])
     obj = lifecycle.free_name(view, KIND, name)
+    lifecycle.refuse_if_managed(view, KIND, obj, "replaced")
     try:
         material = backends.for_type(kty).generate(kty, size=size, curve=curve, public_exponent=exponent)
     except KeyOperationError as exc:
@@ -184,6 +185,7 @@ def import_key(view: VaultView, backends: Backends, name: str, body: dict[str, A
     family = str(kty).removesuffix("-HSM")
     key_ops = _check_key_ops(jwk.get("key_ops"), DEFAULT_OPS[family])
     obj = lifecycle.free_name(view, KIND, name)
+    lifecycle.refuse_if_managed(view, KIND, obj, "replaced")
     try:
         material = backends.for_type(str(kty)).import_jwk({**jwk, "kty": str(kty)})
     except KeyOperationError as exc:
@@ -194,6 +196,7 @@ def import_key(view: VaultView, backends: Backends, name: str, body: dict[str, A
 def rotate(view: VaultView, backends: Backends, name: str) -> Key:
     """A new version with the same type, size or curve and key_ops."""
     obj = lifecycle.live(view, KIND, name)
+    lifecycle.refuse_if_managed(view, KIND, obj, "rotated")
     current = Key(obj, lifecycle.version(view, KIND, obj, None))
     extra, public = current.row.extra, current.public
     exponent = public.get("e")
@@ -218,6 +221,7 @@ def get(view: VaultView, name: str, version: str | None) -> Key:
 
 def update(view: VaultView, name: str, version: str | None, body: dict[str, Any]) -> Key:
     key = get(view, name, version)
+    lifecycle.refuse_if_managed(view, KIND, key.obj, "updated")
     _check_release_policy(body)
     if "key_ops" in body:
         key.row.extra["key_ops"] = _check_key_ops(body["key_ops"], key.key_ops)
@@ -234,6 +238,7 @@ def update(view: VaultView, name: str, version: str | None, body: dict[str, Any]
 
 def delete(view: VaultView, name: str) -> Key:
     obj = lifecycle.live(view, KIND, name)
+    lifecycle.refuse_if_managed(view, KIND, obj, "deleted")
     key = Key(obj, lifecycle.version(view, KIND, obj, None))
     lifecycle.soft_delete(view, obj)
     return key

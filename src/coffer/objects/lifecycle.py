@@ -84,3 +84,17 @@ def check_purge_allowed(view: VaultView) -> None:
             "service will automatically purge it after the retention period has passed.\r\n"
             f"Vault: {view.name};location=local"
         )
+
+
+def refuse_if_managed(view: VaultView, kind: str, obj: ObjectRow | None, verb: str) -> None:
+    """The key and secret behind a certificate change only through the certificate, as in Key Vault."""
+    if obj is None or obj.latest is None:
+        return
+    latest = view.version_get(kind, obj.name, obj.latest)
+    if latest is not None and latest.managed:
+        _, title, _ = _TITLES[kind]
+        raise Forbidden(
+            f"{title} {obj.name} is managed by certificate {obj.name}: it cannot be {verb} directly. Use the "
+            "certificate's operations instead.",
+            inner="ManagedObject",
+        )

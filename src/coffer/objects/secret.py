@@ -52,6 +52,7 @@ def set(
     tags = rules.check_tags(tags)
     attrs = rules.check_attributes(attributes)
     obj = lifecycle.free_name(view, KIND, name)
+    lifecycle.refuse_if_managed(view, KIND, obj, "set")
     previous = obj.latest
     version = rules.new_version()
     stamp = now()
@@ -96,6 +97,7 @@ def update(
 ) -> Secret:
     """Change properties; only the fields present in the request body (`fields`) are touched."""
     obj = _live(view, name)
+    lifecycle.refuse_if_managed(view, KIND, obj, "updated")
     row = _version(view, obj, version)
     if "contentType" in fields:
         row.content_type = rules.check_content_type(content_type)
@@ -113,6 +115,7 @@ def update(
 
 def delete(view: VaultView, name: str) -> Secret:
     obj = _live(view, name)
+    lifecycle.refuse_if_managed(view, KIND, obj, "deleted")
     row = _version(view, obj, None)
     lifecycle.soft_delete(view, obj)
     return Secret(obj, row)
