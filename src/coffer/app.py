@@ -24,10 +24,11 @@ from coffer.config import Config
 from coffer.core import Pipeline
 from coffer.crypto import pkcs11, signing, tls
 from coffer.crypto.software import SoftwareBackend
+from coffer.errors import CofferError
 from coffer.identity import principals
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
-from coffer.objects import key, vault
+from coffer.objects import certificate, key, vault
 from coffer.storage import RoleAssignmentRow, Storage, Transaction
 from coffer.storage.sqlite import SqliteStorage
 
@@ -407,6 +408,55 @@ class Coffer:
                             self._audit_job(
                                 "KeyNearExpiryEventGridNotification", vault_row.name, kid, "rotation policy"
                             )
+                            done += 1
+        return done
+
+    def run_certificate_policies(self, at: int) -> int:
+        """Carry out due certificate-policy lifetime actions: AutoRenew issues a new version with the same policy
+        (Self and internal-CA issuers; issuer Unknown gets a new pending operation with a new CSR); EmailContacts is
+        recorded once per version (the events issue delivers it). Idempotent per version. Returns how many ran."""
+        if self.barrier.sealed:
+            return 0
+        done = 0
+        with self.storage.write() as tx:
+            for vault_row in tx.vault_list():
+                view = VaultView(tx, self.barrier, vault_row)
+                vault_url = self.vault_url(vault_row.name)
+                after = None
+                while page := view.object_list(certificate.KIND, deleted=False, after=after, limit=200):
+                    after = page[-1].name.lower()
+                    for obj in page:
+                        if obj.latest is None or not obj.data.get("policy"):
+                            continue
+                        current = certificate.get(view, obj.name, None)
+                        if not current.row.enabled:
+                            continue
+                        version = current.row.version
+                        cid = f"{vault_url}/certificates/{obj.name}/{version}"
+                        actions = certificate.due_actions(current, at)
+                        if "EmailContacts" in actions and obj.data.get("notified") != version:
+                            obj.data = {**obj.data, "notified": version}
+                            view.object_put(obj)
+                            self._audit_job(
+                                "CertificateNearExpiryEventGridNotification", vault_row.name, cid, "lifetime action"
+                            )
+                            done += 1
+                        pending = obj.data.get("pending") or {}
+                        if (
+                            "AutoRenew" in actions
+                            and (obj.data.get("renewal") or {}).get("from") != version
+                            and pending.get("status") != "inProgress"
+                        ):
+                            try:
+                                issued = certificate.renew(view, self.key_backends, obj.name, vault_url=vault_url)
+                            except CofferError as error:  # e.g. the internal CA was removed: retry next run
+                                log.warning("auto-renew of certificate %s failed: %s", cid, error)
+                                continue
+                            renewed = view.object_get(certificate.KIND, obj.name) or obj  # create rewrote it
+                            renewal = {"from": version, "version": issued.row.version if issued else None, "at": at}
+                            renewed.data = {**renewed.data, "renewal": renewal}
+                            view.object_put(renewed)
+                            self._audit_job("CertificateAutoRenew", vault_row.name, cid, "lifetime action")
                             done += 1
         return done
 

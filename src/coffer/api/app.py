@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from coffer.api.request import ApiRequest
-from coffer.api.routes import access, admin, certificates, identity, keys, rbac, secrets, system, tokens
+from coffer.api.routes import access, admin, ca, certificates, identity, keys, rbac, secrets, system, tokens
 from coffer.api.routing import Route, resolve
 from coffer.audit import AuditError
 from coffer.core import RequestInfo, Result
@@ -24,8 +24,8 @@ from coffer.storage import StorageError
 log = logging.getLogger("coffer.api")
 
 VAULT_ROUTES: list[Route] = secrets.ROUTES + keys.ROUTES + certificates.ROUTES + rbac.ROUTES
-SERVER_PUBLIC_ROUTES: list[Route] = system.PUBLIC_ROUTES + tokens.ROUTES
-SERVER_ROUTES: list[Route] = system.ROUTES + admin.ROUTES + identity.ROUTES + access.ROUTES
+SERVER_PUBLIC_ROUTES: list[Route] = system.PUBLIC_ROUTES + tokens.ROUTES + ca.PUBLIC_ROUTES
+SERVER_ROUTES: list[Route] = system.ROUTES + admin.ROUTES + ca.ROUTES + identity.ROUTES + access.ROUTES
 
 _SECURITY_HEADERS = {
     "cache-control": "no-cache",
@@ -151,6 +151,9 @@ class Api:
             headers.update(extra)
         if status == 204 or body is None:
             return Response(status_code=status, headers=headers)
+        if isinstance(body, bytes):  # a raw document (e.g. a published CA certificate)
+            media_type = headers.pop("content-type", "application/octet-stream")
+            return Response(body, status_code=status, headers=headers, media_type=media_type)
         return Response(
             orjson.dumps(body), status_code=status, headers=headers, media_type="application/json; charset=utf-8"
         )

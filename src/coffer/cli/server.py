@@ -86,6 +86,9 @@ async def _purge_loop(coffer: Coffer) -> None:
             actions = await anyio.to_thread.run_sync(coffer.run_key_policies, int(time.time()))
             if actions:
                 log.info("carried out %d key rotation-policy actions", actions)
+            actions = await anyio.to_thread.run_sync(coffer.run_certificate_policies, int(time.time()))
+            if actions:
+                log.info("carried out %d certificate lifetime actions", actions)
         except Exception:
             log.exception("purge job failed; will retry")
 

@@ -19,13 +19,16 @@ __all__ = [
     "CertificateError",
     "Imported",
     "build_csr",
+    "ca_certificate",
     "export_pem",
     "export_pkcs12",
     "inspect",
+    "issue",
     "load_import",
     "matches_key",
     "private_jwk",
     "self_signed",
+    "to_pem",
 ]
 
 _KEY_USAGES = (
@@ -113,14 +116,50 @@ def self_signed(
     validity_months: int,
 ) -> bytes:
     """A self-signed certificate (DER) for the key, as Key Vault's "Self" issuer makes it."""
+    return issue(
+        private_der,
+        None,
+        subject=subject,
+        dns_names=dns_names,
+        emails=emails,
+        upns=upns,
+        key_usage=key_usage,
+        ekus=ekus,
+        validity_months=validity_months,
+    )
+
+
+def issue(
+    private_der: bytes,
+    ca: tuple[bytes, bytes] | None,
+    *,
+    subject: str,
+    dns_names: list[str],
+    emails: list[str],
+    upns: list[str],
+    key_usage: list[str],
+    ekus: list[str],
+    validity_months: int,
+) -> bytes:
+    """A leaf certificate (DER) for the key: self-signed, or signed by ca = (CA private key DER, CA cert DER)."""
     key = _private(private_der)
     name = _name(subject)
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
     end = start + dt.timedelta(days=30 * validity_months + validity_months // 2) + dt.timedelta(minutes=5)
+    signer = key
+    issuer_name = name
+    builder = x509.CertificateBuilder()
+    if ca is not None:
+        signer = _private(ca[0])
+        ca_cert = x509.load_der_x509_certificate(ca[1])
+        issuer_name = ca_cert.subject
+        end = min(end, ca_cert.not_valid_after_utc)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        builder.subject_name(name)
+        .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -129,8 +168,48 @@ def self_signed(
     )
     for extension, critical in _extensions(dns_names, emails, upns, key_usage, ekus):
         builder = builder.add_extension(extension, critical=critical)
-    cert = builder.sign(key, hashes.SHA256())
+    cert = builder.sign(signer, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+def ca_certificate(private_der: bytes, *, subject: str, validity_years: int) -> bytes:
+    """A self-signed root CA certificate (DER) for the key (Coffer's internal CA)."""
+    key = _private(private_der)
+    name = _name(subject)
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+    end = start + dt.timedelta(days=365 * validity_years + validity_years // 4)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def to_pem(der: bytes) -> str:
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def _extensions(

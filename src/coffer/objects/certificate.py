@@ -5,6 +5,7 @@ the certificate and its backing key and secret together."""
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ import orjson
 from coffer.barrier import VaultView
 from coffer.clock import now
 from coffer.crypto import certs, envelope
-from coffer.crypto.keys import HSM_TYPES, KeyMaterial, KeyOperationError
+from coffer.crypto.keys import CURVES, HSM_TYPES, RSA_SIZES, KeyMaterial, KeyOperationError
 from coffer.errors import BadParameter, Conflict, NotFound
 from coffer.objects import key as keys
 from coffer.objects import lifecycle, rules
@@ -21,6 +22,9 @@ from coffer.objects import secret as secrets
 from coffer.storage import ObjectRow, VersionRow
 
 KIND = "certificate"
+CA_KIND = "certificate-ca"
+CA_PROVIDERS = ("Coffer", "coffer-internal-ca")
+_ISSUER_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 PKCS12 = "application/x-pkcs12"
 PEM = "application/x-pem-file"
 _IN_PROGRESS = (
@@ -78,9 +82,13 @@ def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str,
     if kty == "RSA":
         key_props.setdefault("key_size", 2048)
         key_props.pop("crv", None)
+        if isinstance(key_props["key_size"], bool) or key_props["key_size"] not in RSA_SIZES:
+            raise BadParameter(f"Property key_size must be one of {', '.join(map(str, RSA_SIZES))}.")
     else:
         key_props["crv"] = key_props.get("crv") or "P-256"
         key_props.pop("key_size", None)
+        if key_props["crv"] not in CURVES:
+            raise BadParameter(f"Property crv must be one of {', '.join(CURVES)}.")
     key_props["exportable"] = bool(key_props.get("exportable", True))
     key_props["reuse_key"] = bool(key_props.get("reuse_key", False))
     secret_props = {
@@ -116,14 +124,21 @@ def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str,
     _str_list(x509_props["ekus"], "ekus")
     issuer = {**_dict(old.get("issuer"), "issuer"), **_dict(given.get("issuer"), "issuer")}
     issuer["name"] = issuer.get("name") or "Self"
-    if not isinstance(issuer["name"], str) or issuer["name"].lower() not in ("self", "unknown"):
-        raise BadParameter(f"Issuer {str(issuer['name'])[:32]!r} is not supported by this server: use Self or Unknown.")
-    issuer["name"] = "Self" if issuer["name"].lower() == "self" else "Unknown"
+    if not isinstance(issuer["name"], str) or not _ISSUER_NAME.fullmatch(issuer["name"]):
+        raise BadParameter(f"Issuer {str(issuer['name'])[:32]!r} is not a valid issuer name.")
+    if issuer["name"].lower() in ("self", "unknown"):
+        issuer["name"] = "Self" if issuer["name"].lower() == "self" else "Unknown"
     lifetime = given.get("lifetime_actions", old.get("lifetime_actions"))
     if lifetime is None:
         lifetime = [{"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "AutoRenew"}}]
     if not isinstance(lifetime, list):
         raise BadParameter("Property lifetime_actions must be a list.")
+    for action in lifetime:
+        trigger = _dict(_dict(action, "lifetime_actions").get("trigger"), "trigger")
+        percentage = trigger.get("lifetime_percentage")
+        if percentage is not None and (isinstance(percentage, bool) or not isinstance(percentage, int)
+                                       or not 1 <= percentage <= 99):
+            raise BadParameter("Property lifetime_percentage must be an integer between 1 and 99.")
     stamp = now()
     old_attrs = _dict(old.get("attributes"), "attributes")
     enabled = _dict(given.get("attributes"), "attributes").get("enabled", old_attrs.get("enabled", True))
@@ -164,9 +179,11 @@ def create(
     if policy["issuer"]["name"] == "Unknown":
         _start_pending(view, obj, material, policy, tags, attrs)
         return obj, None
+    ca = None if policy["issuer"]["name"] == "Self" else _internal_ca(view, policy["issuer"]["name"])
     try:
-        der = certs.self_signed(
+        der = certs.issue(
             material.private,
+            (ca[0], ca[1]) if ca is not None else None,
             subject=x5.get("subject") or "",
             dns_names=list(sans.get("dns_names") or []),
             emails=list(sans.get("emails") or []),
@@ -177,7 +194,8 @@ def create(
         )
     except certs.CertificateError as exc:
         raise BadParameter(str(exc)) from None
-    return obj, _store(view, obj, key_obj, secret_obj, material, der, [], policy, tags, attrs, vault_url)
+    chain = [ca[1]] if ca is not None else []
+    return obj, _store(view, obj, key_obj, secret_obj, material, der, chain, policy, tags, attrs, vault_url)
 
 
 def _store(
@@ -757,3 +775,159 @@ def delete_issuer(view: VaultView, name: str) -> dict[str, Any]:
 def list_issuers(view: VaultView, *, after: str | None, limit: int) -> list[dict[str, Any]]:
     objects = view.object_list(ISSUER_KIND, deleted=False, after=after, limit=limit)
     return [{"name": o.name, **o.data["issuer"]} for o in objects]
+
+
+# --- Coffer's internal CA (an issuer whose provider is "Coffer") -------------------------------------------------
+def _ca_not_found(name: str) -> NotFound:
+    return NotFound(f"Certificate authority not found: {name}", code="CertificateAuthorityNotFound")
+
+
+def _internal_ca(view: VaultView, issuer_name: str) -> tuple[bytes, bytes]:
+    """(CA private key DER, CA certificate DER) of the current generation of an internal-CA issuer."""
+    obj = view.object_get(ISSUER_KIND, issuer_name)
+    if obj is None:
+        raise BadParameter(
+            f"Issuer {issuer_name[:32]!r} is not supported by this server: use Self, Unknown or an internal CA "
+            "issuer (coffer ca create)."
+        )
+    provider = (obj.data.get("issuer") or {}).get("provider")
+    ca = view.object_get(CA_KIND, obj.name)
+    if provider not in CA_PROVIDERS or ca is None:
+        raise BadParameter(
+            f"Issuer {issuer_name[:32]!r} has provider {str(provider)[:32]!r}, which this server cannot issue "
+            "from: use Self, Unknown or an internal CA issuer (coffer ca create)."
+        )
+    if not (obj.data.get("issuer") or {}).get("attributes", {}).get("enabled", True):
+        raise BadParameter(f"Issuer {issuer_name[:32]!r} is disabled.")
+    generation = ca.data["generations"][-1]
+    private = view.open(CA_KIND, ca.name, generation["id"], "key", bytes.fromhex(generation["key"]))
+    return private, base64.b64decode(generation["cer"])
+
+
+def _new_generation(view: VaultView, backends: keys.Backends, obj: ObjectRow) -> dict[str, Any]:
+    material = backends.software.generate("RSA", size=int(obj.data.get("keySize") or 3072), curve=None)
+    der = certs.ca_certificate(
+        material.private, subject=str(obj.data["subject"]), validity_years=int(obj.data["validityYears"])
+    )
+    generation_id = rules.new_version()
+    info = certs.inspect(der)
+    return {
+        "id": generation_id,
+        "key": view.seal(CA_KIND, obj.name, generation_id, "key", material.private).hex(),
+        "cer": base64.b64encode(der).decode("ascii"),
+        "x5t": info.x5t,
+        "nbf": info.not_before,
+        "exp": info.not_after,
+        "created": now(),
+    }
+
+
+def ca_create(
+    view: VaultView, backends: keys.Backends, name: str, *, subject: str | None, validity_years: int
+) -> dict[str, Any]:
+    """A new internal CA: a root key (software backend, sealed by the vault barrier) and its self-signed
+    certificate; also registered as the certificate issuer NAME with provider "Coffer"."""
+    rules.check_name(name, "issuer")
+    if not 1 <= validity_years <= 50:
+        raise BadParameter("validityYears must be between 1 and 50.")
+    if view.object_get(CA_KIND, name) is not None:
+        raise Conflict(f"Certificate authority {name} already exists: rotate it instead.")
+    existing = view.object_get(ISSUER_KIND, name)
+    if existing is not None and (existing.data.get("issuer") or {}).get("provider") not in CA_PROVIDERS:
+        raise Conflict(f"Issuer {existing.name} already exists with another provider.")
+    subject = subject or f"CN={name} Coffer CA {view.name}"
+    try:
+        obj = ObjectRow(
+            vault=view.name,
+            kind=CA_KIND,
+            name=name,
+            data={"subject": subject, "validityYears": validity_years, "keySize": 3072, "generations": []},
+        )
+        obj.data["generations"] = [_new_generation(view, backends, obj)]
+    except certs.CertificateError as exc:
+        raise BadParameter(str(exc)) from None
+    view.object_put(obj)
+    set_issuer(view, name, {"provider": "Coffer"})
+    return ca_info(obj)
+
+
+def ca_rotate(view: VaultView, backends: keys.Backends, name: str) -> dict[str, Any]:
+    """A new CA key and certificate; earlier generations stay (their certificates still verify old chains)."""
+    obj = _ca(view, name)
+    obj.data = {**obj.data, "generations": [*obj.data["generations"], _new_generation(view, backends, obj)]}
+    view.object_put(obj)
+    return ca_info(obj)
+
+
+def _ca(view: VaultView, name: str) -> ObjectRow:
+    rules.check_name(name, "issuer")
+    obj = view.object_get(CA_KIND, name)
+    if obj is None:
+        raise _ca_not_found(name)
+    return obj
+
+
+def ca_get(view: VaultView, name: str) -> dict[str, Any]:
+    return ca_info(_ca(view, name))
+
+
+def ca_pem(view: VaultView, name: str) -> str:
+    """The current CA certificate, PEM (what clients should trust)."""
+    generation = _ca(view, name).data["generations"][-1]
+    return certs.to_pem(base64.b64decode(generation["cer"]))
+
+
+def ca_info(obj: ObjectRow) -> dict[str, Any]:
+    generations = [
+        {k: g[k] for k in ("id", "cer", "x5t", "nbf", "exp", "created")} for g in obj.data["generations"]
+    ]
+    return {
+        "name": obj.name,
+        "vault": obj.vault,
+        "provider": "Coffer",
+        "subject": obj.data["subject"],
+        "validityYears": obj.data["validityYears"],
+        "keyType": "RSA",
+        "keySize": obj.data.get("keySize"),
+        "hsm": False,
+        "current": generations[-1],
+        "previous": generations[:-1],
+    }
+
+
+# --- lifetime actions (the scheduler's certificate-policy job) -----------------------------------------------------
+def due_actions(cert: Certificate, at: int) -> list[str]:
+    """The lifetime actions (AutoRenew, EmailContacts) whose trigger has been reached for this version."""
+    start, end = cert.row.nbf, cert.row.exp
+    if start is None or end is None or end <= start:
+        return []
+    renewal = cert.obj.data.get("renewal") or {}
+    if renewal.get("version") == cert.row.version and int(renewal.get("at", 0)) > start:
+        # issued by the scheduler running for time `at`: its lifetime counts from then (a test clock, or a late run)
+        shift = int(renewal["at"]) - start
+        start, end = start + shift, end + shift
+    found = []
+    for item in cert.policy.get("lifetime_actions") or []:
+        if not isinstance(item, dict):
+            continue
+        trigger = item.get("trigger") or {}
+        action = (item.get("action") or {}).get("action_type")
+        if not isinstance(trigger, dict) or action not in ("AutoRenew", "EmailContacts"):
+            continue
+        percentage, days = trigger.get("lifetime_percentage"), trigger.get("days_before_expiry")
+        if isinstance(percentage, int | float) and not isinstance(percentage, bool):
+            due = at >= start + (end - start) * percentage / 100
+        elif isinstance(days, int | float) and not isinstance(days, bool):
+            due = at >= end - days * 86400
+        else:
+            continue
+        if due and action not in found:
+            found.append(action)
+    return found
+
+
+def renew(view: VaultView, backends: keys.Backends, name: str, *, vault_url: str) -> Certificate | None:
+    """AutoRenew: a new version with the same policy (Self and internal-CA issuers), or a new pending operation
+    with a new CSR (issuer Unknown; None). The latest version's tags carry over."""
+    cert = get(view, name, None)
+    return create(view, backends, name, {"tags": cert.row.tags}, vault_url=vault_url)[1]
