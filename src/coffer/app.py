@@ -30,6 +30,7 @@ from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
 from coffer.objects import certificate, key, vault
 from coffer.storage import RoleAssignmentRow, Storage, Transaction
+from coffer.storage.base import ACCESS, IDENTITY, META, VAULT
 from coffer.storage.sqlite import SqliteStorage
 
 log = logging.getLogger("coffer")
@@ -56,6 +57,9 @@ class Coffer:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.storage = storage or SqliteStorage(config.database_path)
         self.storage.migrate()
+        # Where this process starts following the change feed: before it loads anything it caches.
+        self._change_seq, _ = self.storage.changes_since(None)
+        self.job_leader = False  # this process runs the background jobs (see run_jobs_if_leader)
         self.barrier = Barrier(self.storage)
         self.tokens = TokenService(self.authority, self.resource, config.token_lifetime_seconds)
         self.tokens.reload_keys = self._load_signing_keys
@@ -358,6 +362,52 @@ class Coffer:
         )
         _write_private(path, text.encode())
         return path
+
+    # --- several processes and nodes ---------------------------------------------------------
+    def follow_changes(self, stop: threading.Event, poll_seconds: float = 0.25) -> None:
+        """Run in a thread of its own: apply to this process's caches what other processes and nodes commit
+        (PostgreSQL wakes it with NOTIFY; the change feed is polled either way), within a second."""
+        while not stop.is_set():
+            try:
+                self.storage.wait_for_changes(poll_seconds)
+                self._change_seq, topics = self.storage.changes_since(self._change_seq)
+                if topics:
+                    self.apply_changes(topics)
+            except Exception as error:  # the database is away: keep trying; requests fail closed meanwhile
+                log.warning("following the change feed failed (%s); retrying", type(error).__name__)
+                stop.wait(1.0)
+
+    def apply_changes(self, topics: set[str]) -> None:
+        """Drop or reload what this process caches about what changed."""
+        if VAULT in topics:
+            self._tenants.clear()
+        if self.barrier.sealed:  # nothing else is loaded; unsealing loads it fresh
+            return
+        if META in topics:
+            self._load_signing_keys()
+        if IDENTITY in topics:
+            self.identity_changed()
+        if ACCESS in topics:
+            self.access_changed()
+
+    def run_jobs_if_leader(self, at: int, *, due: bool) -> list[str]:
+        """One maintenance tick: background jobs run in exactly one process of the installation (the leader, chosen
+        by the storage: an advisory lock in PostgreSQL, a file lock with SQLite). A process that just became leader
+        runs them at once. Returns what was done, for the log."""
+        leader = self.storage.hold_leadership()
+        became, self.job_leader = leader and not self.job_leader, leader
+        if not leader or not (due or became):
+            return []
+        done = []
+        if purged := self.purge_due(at):
+            done.append(f"purged {purged} soft-deleted objects past their retention")
+        if self.rotate_signing_key_if_due(at):
+            done.append("rotated the token signing key")
+        if actions := self.run_key_policies(at):
+            done.append(f"carried out {actions} key rotation-policy actions")
+        if actions := self.run_certificate_policies(at):
+            done.append(f"carried out {actions} certificate lifetime actions")
+        return done
 
     # --- background jobs ----------------------------------------------------------------------
     def purge_due(self, now: int, limit: int = 500) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ class CofferClient:
         env = {**dev, **os.environ}
         self.addr = (addr or env.get("COFFER_ADDR") or "https://localhost:8443").rstrip("/")
         # the dev server's CA before a REQUESTS_CA_BUNDLE the machine may set for other purposes
-        verify: Any = (
+        ca_file = (
             ca_cert or os.environ.get("COFFER_CACERT") or dev.get("REQUESTS_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE")
-        ) or True
+        )
+        verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.http = httpx.Client(verify=verify, timeout=30)
         self.tenant_id = tenant_id or env.get("COFFER_TENANT_ID")
         self.client_id = client_id or env.get("COFFER_CLIENT_ID")

@@ -164,6 +164,41 @@ def operator_seal(addr: Addr = None, ca_cert: CaCert = None, data_dir: DataDir =
     console.print("Sealed.")
 
 
+@operator.command("migrate")
+def operator_migrate(
+    source: Annotated[str, typer.Option("--from", help="A data directory, a SQLite file, or a postgresql:// URL")],
+    destination: Annotated[str, typer.Option("--to", help="An empty destination: postgresql:// URL or SQLite path")],
+) -> None:
+    """Copy a whole installation to another storage backend, sealed data as it is, and verify it (row counts and
+    SHA-256 per table). Stop every server using the source first; the destination must be empty."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from coffer.storage import open_storage
+    from coffer.storage.copy import CopyError, copy_installation, row_counts
+
+    if "://" not in source and not Path(source).exists():
+        err.print(f"[red]error:[/red] {source} does not exist")
+        raise typer.Exit(2)
+    src, dst = open_storage(source), open_storage(destination)
+    try:
+        src.migrate()
+        dst.migrate()
+        counts = row_counts(src)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
+            task = bar.add_task("copying rows", total=sum(counts.values()))
+            summaries = copy_installation(src, dst, lambda _table, n: bar.advance(task, n))
+    except CopyError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    finally:
+        src.close()
+        dst.close()
+    table = Table("table", "rows", "sha256", title="Copied and verified")
+    for summary in summaries:
+        table.add_row(summary.table, str(summary.rows), summary.sha256)
+    console.print(table)
+
+
 def _print_status(status: dict[str, Any]) -> None:
     state = "sealed" if status["sealed"] else "unsealed"
     console.print(

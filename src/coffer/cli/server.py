@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -74,23 +76,34 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-async def _purge_loop(coffer: Coffer) -> None:
+# How often a process checks whether it leads the background jobs: a dead leader's jobs resume elsewhere in time.
+_LEADERSHIP_CHECK_SECONDS = 3.0
+
+
+async def _maintenance_loop(coffer: Coffer) -> None:
+    """Every few seconds: lead the background jobs if no other process does; the leader runs them every
+    COFFER_PURGE_INTERVAL seconds (and at once when it takes over)."""
+    interval = coffer.config.purge_interval_seconds
+    last = time.monotonic()
     while True:
-        await asyncio.sleep(coffer.config.purge_interval_seconds)
+        await asyncio.sleep(min(interval, _LEADERSHIP_CHECK_SECONDS))
+        due = time.monotonic() - last >= interval
         try:
-            purged = await anyio.to_thread.run_sync(coffer.purge_due, int(time.time()))
-            if purged:
-                log.info("purged %d soft-deleted objects past their retention", purged)
-            if await anyio.to_thread.run_sync(coffer.rotate_signing_key_if_due, int(time.time())):
-                log.info("rotated the token signing key")
-            actions = await anyio.to_thread.run_sync(coffer.run_key_policies, int(time.time()))
-            if actions:
-                log.info("carried out %d key rotation-policy actions", actions)
-            actions = await anyio.to_thread.run_sync(coffer.run_certificate_policies, int(time.time()))
-            if actions:
-                log.info("carried out %d certificate lifetime actions", actions)
-        except Exception:
-            log.exception("purge job failed; will retry")
+            tick = functools.partial(coffer.run_jobs_if_leader, int(time.time()), due=due)
+            done = await anyio.to_thread.run_sync(tick)
+            if due or done:
+                last = time.monotonic()
+            for line in done:
+                log.info("%s", line)
+        except Exception as error:
+            log.warning("maintenance job failed (%s); will retry", type(error).__name__)
+
+
+def _follow_changes(coffer: Coffer) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=coffer.follow_changes, args=(stop,), name="coffer-changes", daemon=True)
+    thread.start()
+    return thread, stop
 
 
 async def _announce(server: uvicorn.Server, lines: list[str]) -> None:
@@ -116,8 +129,11 @@ def _dev_hsm_line(coffer: Coffer, dev_token: bool) -> str:
     backend = coffer.hsm_backend
     if backend is None:
         return "HSM: none (install softhsm2 for HSM keys)"
-    name = f"SoftHSM2 token {backend.token_label} (development only)" if dev_token else (
-        f"PKCS#11 token '{backend.token_label}' (COFFER_PKCS11_*)")
+    name = (
+        f"SoftHSM2 token {backend.token_label} (development only)"
+        if dev_token
+        else (f"PKCS#11 token '{backend.token_label}' (COFFER_PKCS11_*)")
+    )
     return f"HSM: {name}" + ("" if backend.connected else f", unavailable: {backend.last_error}")
 
 
@@ -182,7 +198,7 @@ def serve(config: Config) -> None:
     server = _Server(uv_config)
 
     async def main() -> None:
-        purge = asyncio.create_task(_purge_loop(coffer))
+        purge = asyncio.create_task(_maintenance_loop(coffer))
         announce = asyncio.create_task(_announce(server, lines))
         try:
             await server.serve(sockets=sockets)
@@ -190,8 +206,11 @@ def serve(config: Config) -> None:
             purge.cancel()
             announce.cancel()
 
+    follower, stop_following = _follow_changes(coffer)
     try:
         asyncio.run(main())
     finally:
+        stop_following.set()
+        follower.join(timeout=5)
         coffer.close()
         print("Coffer stopped.", flush=True)

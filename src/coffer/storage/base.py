@@ -8,8 +8,9 @@ One conformance suite (tests/conformance/test_storage.py) checks every backend.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,8 +137,23 @@ class VersionRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Change topics: what a committed write transaction changed, for every process and node that caches it
+# (Storage.changes_since). "identity": tenants, principals, credentials, issuers; "access": role definitions,
+# role assignments, access policies; "vault": a vault's settings; "meta": installation values (signing keys).
+IDENTITY, ACCESS, VAULT, META = "identity", "access", "vault", "meta"
+
+
 class Transaction(ABC):
-    """Reads and writes inside one atomic, durable transaction."""
+    """Reads and writes inside one atomic, durable transaction.
+
+    Every write method that changes something another process may cache calls `touch(topic)`; the backend
+    records the topics in its change feed in the same transaction."""
+
+    def __init__(self) -> None:
+        self.touched: set[str] = set()
+
+    def touch(self, topic: str) -> None:
+        self.touched.add(topic)
 
     # meta: installation-wide values (seal configuration, sealed signing key, ...)
     @abstractmethod
@@ -245,6 +261,22 @@ class Transaction(ABC):
         """The latest version of each object, keyed by lower-cased name (one round trip)."""
 
 
+# Every table an installation holds, in an order that satisfies foreign keys (`coffer operator migrate` copies them
+# as they are: sealed blobs stay sealed). The change feed is not data and is not copied.
+TABLES = (
+    "meta",
+    "tenants",
+    "vaults",
+    "principals",
+    "credentials",
+    "issuers",
+    "role_definitions",
+    "role_assignments",
+    "objects",
+    "versions",
+)
+
+
 class Storage(ABC):
     @abstractmethod
     def migrate(self) -> int:
@@ -268,3 +300,28 @@ class Storage(ABC):
     def files(self) -> Iterator[str]:
         """Paths of files the backend writes (for confidentiality scans)."""
         return iter(())
+
+    # --- whole-installation copy (`coffer operator migrate`) ---------------------------------------
+    @abstractmethod
+    def export_table(self, table: str) -> Iterator[dict[str, Any]]:
+        """Every row of one of TABLES, ordered by primary key, as backend-neutral values: int, str, bytes or None
+        (booleans as 0/1, JSON columns as their text)."""
+
+    @abstractmethod
+    def import_table(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Insert rows (as export_table gives them) into one of TABLES in one transaction; returns how many."""
+
+    # --- coordination between processes and nodes ------------------------------------------------
+    @abstractmethod
+    def changes_since(self, seq: int | None) -> tuple[int, set[str]]:
+        """The change feed: (newest sequence number, topics committed after `seq`). With `seq=None`, only the newest
+        sequence number (where a watcher starts)."""
+
+    def wait_for_changes(self, timeout: float) -> None:
+        """Block until a change may have been committed (by any process or node), or `timeout` seconds pass."""
+        time.sleep(timeout)
+
+    @abstractmethod
+    def hold_leadership(self) -> bool:
+        """Try to become (or stay) the one process of the installation that runs background jobs. True while this
+        process leads; the lead passes to another process when this one stops or dies."""

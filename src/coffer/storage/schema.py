@@ -65,4 +65,8 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE objects ADD COLUMN data TEXT
     """,
+    # 5: the change feed that tells other processes and nodes what to reload (Storage.changes_since)
+    """
+    CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, at INTEGER NOT NULL)
+    """,
 ]

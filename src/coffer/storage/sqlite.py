@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from coffer.storage.base import (
+    ACCESS,
+    IDENTITY,
+    META,
+    TABLES,
+    VAULT,
     CredentialRow,
     IssuerRow,
     ObjectRow,
@@ -142,6 +149,7 @@ def _issuer(row: sqlite3.Row) -> IssuerRow:
 
 class _SqliteTransaction(Transaction):
     def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
         self._c = conn
 
     def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
@@ -157,6 +165,7 @@ class _SqliteTransaction(Transaction):
         return bytes(row["value"]) if row else None
 
     def meta_put(self, key: str, value: bytes) -> None:
+        self.touch(META)
         self._c.execute(
             "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
@@ -171,6 +180,8 @@ class _SqliteTransaction(Transaction):
         return [_vault(r) for r in self._all("SELECT * FROM vaults ORDER BY name")]
 
     def vault_put(self, row: VaultRow) -> None:
+        self.touch(VAULT)
+        self.touch(ACCESS)
         self._c.execute(
             "INSERT INTO vaults(name, tenant_id, created, updated, retention_days, purge_protection, sku, "
             "rbac_authorization, wrapped_key, key_term, access_policies) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
@@ -194,6 +205,8 @@ class _SqliteTransaction(Transaction):
         )
 
     def vault_delete(self, name: str) -> None:
+        self.touch(VAULT)
+        self.touch(ACCESS)
         key = name.lower()
         self._c.execute(
             "DELETE FROM role_assignments WHERE scope = ? OR scope LIKE ?", (f"/vaults/{key}", f"/vaults/{key}/%")
@@ -220,6 +233,7 @@ class _SqliteTransaction(Transaction):
         return [_principal(r) for r in rows]
 
     def principal_put(self, row: PrincipalRow) -> None:
+        self.touch(IDENTITY)
         self._c.execute(
             "INSERT INTO principals(object_id, tenant_id, client_id, kind, display_name, created) "
             "VALUES (?,?,?,?,?,?) ON CONFLICT(object_id) DO UPDATE SET display_name=excluded.display_name",
@@ -227,6 +241,7 @@ class _SqliteTransaction(Transaction):
         )
 
     def principal_delete(self, object_id: str) -> None:
+        self.touch(IDENTITY)
         self._c.execute("DELETE FROM credentials WHERE object_id = ?", (object_id,))
         self._c.execute("DELETE FROM principals WHERE object_id = ?", (object_id,))
 
@@ -247,6 +262,7 @@ class _SqliteTransaction(Transaction):
         return [_credential(r) for r in self._all("SELECT * FROM credentials")]
 
     def credential_put(self, row: CredentialRow) -> None:
+        self.touch(IDENTITY)
         self._c.execute(
             "INSERT INTO credentials(id, object_id, kind, secret_hash, created, expires, lookup, data) "
             "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET expires=excluded.expires, data=excluded.data",
@@ -271,6 +287,7 @@ class _SqliteTransaction(Transaction):
         return [_role_definition(r) for r in self._all("SELECT * FROM role_definitions ORDER BY role_name")]
 
     def role_definition_put(self, row: RoleDefinitionRow) -> None:
+        self.touch(ACCESS)
         self._c.execute(
             "INSERT INTO role_definitions(id, scope, role_name, description, permissions, assignable_scopes, "
             "created, updated) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET role_name=excluded.role_name, "
@@ -289,6 +306,7 @@ class _SqliteTransaction(Transaction):
         )
 
     def role_definition_delete(self, role_id: str) -> None:
+        self.touch(ACCESS)
         self._c.execute("DELETE FROM role_definitions WHERE id = ?", (role_id.lower(),))
 
     def role_assignment_get(self, assignment_id: str) -> RoleAssignmentRow | None:
@@ -299,12 +317,14 @@ class _SqliteTransaction(Transaction):
         return [_role_assignment(r) for r in self._all("SELECT * FROM role_assignments ORDER BY scope, id")]
 
     def role_assignment_put(self, row: RoleAssignmentRow) -> None:
+        self.touch(ACCESS)
         self._c.execute(
             "INSERT INTO role_assignments(id, scope, role_definition_id, principal_id, created) VALUES (?,?,?,?,?)",
             (row.id.lower(), row.scope, row.role_definition_id.lower(), row.principal_id, row.created),
         )
 
     def role_assignment_delete(self, assignment_id: str) -> None:
+        self.touch(ACCESS)
         self._c.execute("DELETE FROM role_assignments WHERE id = ?", (assignment_id.lower(),))
 
     # tenants and issuers
@@ -316,6 +336,7 @@ class _SqliteTransaction(Transaction):
         return [TenantRow(r["id"], r["display_name"], r["created"]) for r in self._all("SELECT * FROM tenants")]
 
     def tenant_put(self, row: TenantRow) -> None:
+        self.touch(IDENTITY)
         self._c.execute(
             "INSERT INTO tenants(id, display_name, created) VALUES (?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET display_name=excluded.display_name",
@@ -328,6 +349,7 @@ class _SqliteTransaction(Transaction):
         return [_issuer(r) for r in self._all("SELECT * FROM issuers WHERE tenant_id = ? ORDER BY issuer", tenant_id)]
 
     def issuer_put(self, row: IssuerRow) -> None:
+        self.touch(IDENTITY)
         self._c.execute(
             "INSERT INTO issuers(id, tenant_id, issuer, jwks, audience, created) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET jwks=excluded.jwks, audience=excluded.audience",
@@ -335,9 +357,11 @@ class _SqliteTransaction(Transaction):
         )
 
     def issuer_delete(self, issuer_id: str) -> None:
+        self.touch(IDENTITY)
         self._c.execute("DELETE FROM issuers WHERE id = ?", (issuer_id,))
 
     def credential_delete(self, credential_id: str) -> None:
+        self.touch(IDENTITY)
         self._c.execute("DELETE FROM credentials WHERE id = ?", (credential_id,))
 
     # objects
@@ -468,12 +492,43 @@ class _SqliteTransaction(Transaction):
         return {r["name"].lower(): _version(r) for r in rows}
 
 
+_CHANGES_KEPT = 10_000
+_JSON_COLUMNS = {
+    ("vaults", "access_policies"),
+    ("credentials", "data"),
+    ("role_definitions", "permissions"),
+    ("role_definitions", "assignable_scopes"),
+    ("objects", "data"),
+    ("versions", "tags"),
+    ("versions", "extra"),
+}
+
+
+def _neutral(table: str, column: str, value: Any) -> Any:
+    """A column value as export_table promises it: JSON columns as text (some were written as BLOBs)."""
+    if isinstance(value, memoryview):
+        value = bytes(value)
+    if isinstance(value, bytes) and (table, column) in _JSON_COLUMNS:
+        return value.decode("utf-8")
+    return value
+
+
+def _record_changes(conn: sqlite3.Connection, topics: set[str]) -> None:
+    """Append the transaction's change topics to the feed (same transaction), keeping the newest entries."""
+    if not topics:
+        return
+    at = int(time.time())
+    conn.executemany("INSERT INTO changes(topic, at) VALUES (?, ?)", [(t, at) for t in sorted(topics)])
+    conn.execute("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (_CHANGES_KEPT,))
+
+
 class SqliteStorage(Storage):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._leader_file: BinaryIO | None = None
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -528,8 +583,10 @@ class SqliteStorage(Storage):
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StorageError(str(exc)) from exc
+        tx = _SqliteTransaction(conn)
         try:
-            yield _SqliteTransaction(conn)
+            yield tx
+            _record_changes(conn, tx.touched)
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
             raise StorageError(str(exc)) from exc
@@ -549,6 +606,9 @@ class SqliteStorage(Storage):
                 with suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
+            if self._leader_file is not None:
+                self._leader_file.close()
+                self._leader_file = None
         self._local = threading.local()
 
     def integrity_check(self) -> list[str]:
@@ -558,3 +618,44 @@ class SqliteStorage(Storage):
     def files(self) -> Iterator[str]:
         for suffix in ("", "-wal", "-shm"):
             yield str(self.path) + suffix
+
+    def export_table(self, table: str) -> Iterator[dict[str, Any]]:
+        if table not in TABLES:
+            raise ValueError(table)
+        conn = self._connection()
+        info = [r for r in conn.execute(f"PRAGMA table_info({table})") if r["pk"]]
+        keys = [r["name"] for r in sorted(info, key=lambda r: r["pk"])]
+        for row in conn.execute(f"SELECT * FROM {table} ORDER BY {', '.join(keys)}"):  # noqa: S608
+            yield {k: _neutral(table, k, v) for k, v in dict(row).items()}
+
+    def import_table(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
+        if table not in TABLES:
+            raise ValueError(table)
+        count = 0
+        with self.write():
+            conn = self._connection()
+            for row in rows:
+                columns = ", ".join(row)
+                marks = ", ".join("?" for _ in row)
+                conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))  # noqa: S608
+                count += 1
+        return count
+
+    def changes_since(self, seq: int | None) -> tuple[int, set[str]]:
+        conn = self._connection()
+        if seq is None:
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]), set()
+        rows = conn.execute("SELECT seq, topic FROM changes WHERE seq > ?", (seq,)).fetchall()
+        return max((r["seq"] for r in rows), default=seq), {r["topic"] for r in rows}
+
+    def hold_leadership(self) -> bool:
+        """An exclusive lock on a file beside the database: the kernel releases it when the process dies."""
+        if self._leader_file is None:
+            handle = open(str(self.path) + ".leader", "a+b")  # noqa: SIM115 - held open while this process leads
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                return False
+            self._leader_file = handle
+        return True

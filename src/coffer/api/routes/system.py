@@ -14,7 +14,8 @@ from coffer.errors import BadParameter, Forbidden
 async def health(req: ApiRequest) -> Result:
     status = req.app.barrier.status()
     code = 200 if status.initialized and not status.sealed else 503
-    return Result(status=code, body={"status": "ok" if code == 200 else "sealed", **status.as_dict()})
+    body = {"status": "ok" if code == 200 else "sealed", **status.as_dict(), "jobLeader": req.app.job_leader}
+    return Result(status=code, body=body)
 
 
 async def seal_status(req: ApiRequest) -> Result:

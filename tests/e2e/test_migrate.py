@@ -1,0 +1,71 @@
+"""`coffer operator migrate`: a whole installation copied to another storage backend, sealed data as it is,
+verified, and served from there (SQLite → SQLite here; SQLite → PostgreSQL → SQLite when PostgreSQL is there)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from tests.e2e.helpers import base_env, identity_env, release_connections, run_cli, secret_client
+from tests.support.server import DevServer
+
+_DATABASE_FILES = ("coffer.db", "coffer.db-wal", "coffer.db-shm", "coffer.db.leader")
+
+
+def _populate(data_dir: Path) -> None:
+    server = DevServer(data_dir).start()
+    try:
+        with identity_env(server), secret_client(server) as client:
+            client.set_secret("kept", "first")
+            client.set_secret("kept", "second")
+            client.set_secret("gone", "deleted-value")
+            client.begin_delete_secret("gone").wait()
+    finally:
+        release_connections()
+        server.stop()
+
+
+def _beside(source: Path, destination: Path) -> None:
+    """Everything of a data directory but its database (TLS files, dev unseal key, dev token)."""
+    shutil.copytree(source, destination, ignore=lambda _dir, names: [n for n in names if n in _DATABASE_FILES])
+
+
+def _check_served(data_dir: Path) -> None:
+    server = DevServer(data_dir).start()
+    try:
+        with identity_env(server), secret_client(server) as client:
+            assert client.get_secret("kept").value == "second"
+            assert len(list(client.list_properties_of_secret_versions("kept"))) == 2
+            assert [d.name for d in client.list_deleted_secrets()] == ["gone"]
+            client.begin_recover_deleted_secret("gone").wait()
+            assert client.get_secret("gone").value == "deleted-value"
+    finally:
+        release_connections()
+        server.stop()
+
+
+def migrate(source: str, destination: str, cwd: Path, check: bool = True) -> tuple[int, str]:
+    result = run_cli("operator", "migrate", "--from", source, "--to", destination, env=base_env(), cwd=cwd,
+                     check=check)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_migrate_copies_verifies_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    _populate(tmp_path / "one")
+    _beside(tmp_path / "one", tmp_path / "two")
+    code, output = migrate(str(tmp_path / "one"), str(tmp_path / "two" / "coffer.db"), tmp_path)
+    assert code == 0
+    assert re.search(r"versions\s*│\s*3\s*│\s*[0-9a-f]{64}", output), output
+    _check_served(tmp_path / "two")
+
+    code, output = migrate(str(tmp_path / "one"), str(tmp_path / "two" / "coffer.db"), tmp_path, check=False)
+    assert code == 1
+    assert "not empty" in output
+
+
+def test_migrate_of_a_missing_source_fails_cleanly(tmp_path: Path) -> None:
+    code, output = migrate(str(tmp_path / "nothing"), str(tmp_path / "x.db"), tmp_path, check=False)
+    assert code == 2
+    assert "does not exist" in output
+    assert not (tmp_path / "x.db").exists()
