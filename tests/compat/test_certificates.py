@@ -19,6 +19,7 @@ from azure.keyvault.certificates import (
     CertificateContentType,
     CertificateOperation,
     CertificatePolicy,
+    KeyType,
     KeyVaultCertificate,
 )
 from azure.keyvault.keys import KeyClient
@@ -28,8 +29,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.compat.helpers import unique
+from tests.compat.cert_helpers import check_extensions, check_validity, full_policy
+from tests.compat.helpers import check_error, unique
 from tests.e2e.helpers import release_connections
 from tests.support.server import DevServer
 
@@ -67,7 +70,10 @@ def _create(certs: CertificateClient, name: str, policy: CertificatePolicy) -> K
 
 
 def test_create_default_policy(
-    certs: CertificateClient, keys: KeyClient, secrets: SecretClient, credential: ManagedIdentityCredential,
+    certs: CertificateClient,
+    keys: KeyClient,
+    secrets: SecretClient,
+    credential: ManagedIdentityCredential,
     dev_server: DevServer,
 ) -> None:
     name = unique("cert")
@@ -101,6 +107,42 @@ def test_create_default_policy(
     public = cert.public_key()
     assert isinstance(public, rsa.RSAPublicKey)
     public.verify(signature, b"certificate-backed signature", padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_self_signed_certificate_is_what_the_policy_asks(certs: CertificateClient, secrets: SecretClient) -> None:
+    """Subject, DNS/email/UPN SANs, key usages, EKUs and validity months of the policy; self-signed, verified."""
+    for key_type, months in ((KeyType.rsa, 7), (KeyType.ec, 13)):
+        name = unique("full")
+        created = _create(certs, name, full_policy(name, "Self", months, key_type))
+        cert = x509.load_der_x509_certificate(bytes(created.cer))
+        cert.verify_directly_issued_by(cert)
+        assert cert.issuer == cert.subject
+        check_extensions(cert, name)
+        check_validity(cert, months)
+        assert created.properties.not_before == cert.not_valid_before_utc
+        assert created.properties.expires_on == cert.not_valid_after_utc
+        policy = certs.get_certificate_policy(name)
+        assert policy.san_user_principal_names == [f"svc@{name}.corp"] and policy.validity_in_months == months
+        key, leaf, _ = pkcs12.load_key_and_certificates(base64.b64decode(secrets.get_secret(name).value or ""), None)
+        assert key is not None and leaf == cert
+
+
+def test_default_policy_extensions(certs: CertificateClient) -> None:
+    """Without key usages, EKUs or validity in the policy: Key Vault's defaults (digitalSignature + keyEncipherment
+    for RSA, digitalSignature + keyAgreement for EC; serverAuth + clientAuth; 12 months)."""
+    for key_type, agreement in ((KeyType.rsa, False), (KeyType.ec, True)):
+        name = unique("defaults")
+        created = _create(certs, name, CertificatePolicy(issuer_name="Self", subject="CN=defaults", key_type=key_type))
+        cert = x509.load_der_x509_certificate(bytes(created.cer))
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        assert usage.digital_signature and usage.key_encipherment is not agreement and usage.key_agreement is agreement
+        assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        ]
+        check_validity(cert, 12)
+        with pytest.raises(x509.ExtensionNotFound):
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
 
 def test_ec_pem_not_exportable(certs: CertificateClient, secrets: SecretClient) -> None:
@@ -233,8 +275,11 @@ def test_import_pkcs12_and_pem(certs: CertificateClient, secrets: SecretClient, 
     ) + cert.public_bytes(serialization.Encoding.PEM)
     name3 = unique("imp")
     from_pem = certs.import_certificate(
-        name3, pem, policy=CertificatePolicy(issuer_name="Self", content_type=CertificateContentType.pem,
-                                              subject="CN=imported.example")
+        name3,
+        pem,
+        policy=CertificatePolicy(
+            issuer_name="Self", content_type=CertificateContentType.pem, subject="CN=imported.example"
+        ),
     )
     assert bytes(from_pem.cer) == der
     assert "PRIVATE KEY" in (secrets.get_secret(name3).value or "")
@@ -246,8 +291,11 @@ def test_import_pkcs12_and_pem(certs: CertificateClient, secrets: SecretClient, 
     name4 = unique("imp")
     with pytest.raises(HttpResponseError) as bad:
         certs.import_certificate(
-            name4, mismatched, policy=CertificatePolicy(issuer_name="Self", content_type=CertificateContentType.pem,
-                                                         subject="CN=imported.example")
+            name4,
+            mismatched,
+            policy=CertificatePolicy(
+                issuer_name="Self", content_type=CertificateContentType.pem, subject="CN=imported.example"
+            ),
         )
     assert bad.value.status_code == 400
     with pytest.raises(ResourceNotFoundError):
@@ -325,8 +373,10 @@ def test_unknown_issuer_merge(certs: CertificateClient, secrets: SecretClient) -
 
 
 def test_contacts(certs: CertificateClient) -> None:
-    contacts = [CertificateContact(email="ops@example.test", name="Ops", phone="555-0100"),
-                CertificateContact(email="sec@example.test")]
+    contacts = [
+        CertificateContact(email="ops@example.test", name="Ops", phone="555-0100"),
+        CertificateContact(email="sec@example.test"),
+    ]
     stored = certs.set_contacts(contacts)
     assert [c.email for c in stored] == ["ops@example.test", "sec@example.test"]
     fetched = certs.get_contacts()
@@ -406,3 +456,82 @@ def test_backing_key_and_secret_change_only_through_the_certificate(
     certs.begin_delete_certificate(name).wait()  # the certificate takes its key and secret with it
     with pytest.raises(ResourceNotFoundError):
         secrets.get_secret(name)
+
+
+# --- outContentType: a certificate's PKCS#12 secret as PEM ---------------------------------------------------------
+PEM_TYPE = "application/x-pem-file"
+PKCS12_TYPE = "application/x-pkcs12"
+
+
+def _pem_parts(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("-----BEGIN")]
+
+
+def test_out_content_type_pem(certs: CertificateClient, secrets: SecretClient) -> None:
+    # exportable: the private key (PKCS#8), then the certificate; the same key and certificate as the PKCS#12
+    name = unique("pem-out")
+    created = _create(certs, name, CertificatePolicy.get_default())
+    stored = secrets.get_secret(name)
+    p12_key, p12_leaf, _ = pkcs12.load_key_and_certificates(base64.b64decode(stored.value or ""), None)
+    assert p12_key is not None and p12_leaf is not None
+    for version in (None, created.properties.version):
+        converted = secrets.get_secret(name, version, out_content_type=PEM_TYPE)
+        assert converted.properties.content_type == PEM_TYPE
+        assert converted.properties.version == created.properties.version and converted.properties.managed is True
+        assert converted.properties.key_id == created.key_id
+        text = converted.value or ""
+        assert _pem_parts(text) == ["-----BEGIN PRIVATE KEY-----", "-----BEGIN CERTIFICATE-----"]
+        key = serialization.load_pem_private_key(text.encode(), None)
+        assert key.private_numbers() == p12_key.private_numbers()  # type: ignore[union-attr]
+        assert x509.load_pem_x509_certificates(text.encode()) == [p12_leaf]
+    # asking for the stored type changes nothing; the stored secret is unchanged
+    same = secrets.get_secret(name, out_content_type=PKCS12_TYPE)
+    assert same.value == stored.value and same.properties.content_type == PKCS12_TYPE
+    assert secrets.get_secret(name).value == stored.value
+
+    # not exportable: the certificate alone
+    name = unique("pem-out")
+    # (the SDK sends key_props only with a key type, size, curve, reuse_key or exportable=True)
+    _create(certs, name, CertificatePolicy(issuer_name="Self", subject="CN=noexport", exportable=False, key_type="RSA"))
+    text = secrets.get_secret(name, out_content_type=PEM_TYPE).value or ""
+    assert _pem_parts(text) == ["-----BEGIN CERTIFICATE-----"]
+
+
+def test_out_content_type_with_a_chain(certs: CertificateClient, secrets: SecretClient) -> None:
+    """A merged certificate with its CA: PEM holds the key, the certificate, then the CA."""
+    name = unique("pem-chain")
+    operation = certs.begin_create_certificate(name, CertificatePolicy(issuer_name="Unknown", subject="CN=c")).result()
+    assert isinstance(operation, CertificateOperation)
+    ca_key, ca_cert = _test_ca()
+    leaf = _sign_csr(bytes(operation.csr), ca_key, ca_cert)
+    certs.merge_certificate(
+        name, [leaf.public_bytes(serialization.Encoding.DER), ca_cert.public_bytes(serialization.Encoding.DER)]
+    )
+    text = secrets.get_secret(name, out_content_type=PEM_TYPE).value or ""
+    assert _pem_parts(text) == ["-----BEGIN PRIVATE KEY-----"] + ["-----BEGIN CERTIFICATE-----"] * 2
+    assert x509.load_pem_x509_certificates(text.encode()) == [leaf, ca_cert]
+
+
+def test_out_content_type_refusals(certs: CertificateClient, secrets: SecretClient) -> None:
+    # a PEM certificate secret: PEM is what it is; Key Vault converts PFX to PEM only
+    name = unique("pem-stored")
+    _create(
+        certs, name, CertificatePolicy(issuer_name="Self", subject="CN=pem", content_type=CertificateContentType.pem)
+    )
+    stored = secrets.get_secret(name)
+    assert secrets.get_secret(name, out_content_type=PEM_TYPE).value == stored.value
+    with pytest.raises(HttpResponseError) as refused:
+        secrets.get_secret(name, out_content_type=PKCS12_TYPE)
+    check_error(refused.value, 400, "BadParameter")
+    # a type that is neither
+    with pytest.raises(HttpResponseError) as refused:
+        secrets.get_secret(name, out_content_type="text/plain")
+    check_error(refused.value, 400, "BadParameter")
+    # a secret that is no certificate's, even one whose content type claims PKCS#12
+    plain = unique("plain")
+    secrets.set_secret(plain, base64.b64encode(b"not a pfx").decode(), content_type=PKCS12_TYPE)
+    with pytest.raises(HttpResponseError) as refused:
+        secrets.get_secret(plain, out_content_type=PEM_TYPE)
+    check_error(refused.value, 400, "BadParameter")
+    assert "not a pfx" not in str(refused.value)
+    release_connections()

@@ -5,6 +5,7 @@ the certificate and its backing key and secret together."""
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +15,22 @@ import orjson
 from coffer.barrier import VaultView
 from coffer.clock import now
 from coffer.crypto import certs, envelope
-from coffer.crypto.keys import CURVES, HSM_TYPES, RSA_SIZES, KeyMaterial, KeyOperationError
+from coffer.crypto.keys import (
+    CURVES,
+    HSM_TYPES,
+    RSA_SIZES,
+    KeyBackend,
+    KeyBackendUnavailable,
+    KeyMaterial,
+    KeyOperationError,
+)
 from coffer.errors import BadParameter, Conflict, NotFound
 from coffer.objects import key as keys
 from coffer.objects import lifecycle, rules
 from coffer.objects import secret as secrets
 from coffer.storage import ObjectRow, VersionRow
+
+log = logging.getLogger("coffer")
 
 KIND = "certificate"
 CA_KIND = "certificate-ca"
@@ -27,6 +38,11 @@ CA_PROVIDERS = ("Coffer", "coffer-internal-ca")
 _ISSUER_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 PKCS12 = "application/x-pkcs12"
 PEM = "application/x-pem-file"
+CERTIFICATE_KEY_TYPES = ("RSA", "EC", "RSA-HSM", "EC-HSM")
+_HSM_EXPORTABLE = (
+    "Exportable keys are supported only for key types RSA and EC: the private key of an HSM key (RSA-HSM, EC-HSM) "
+    "cannot be exported, so key_props.exportable must be false."
+)
 _IN_PROGRESS = (
     "A new key vault certificate can not be created or imported while a pending key vault certificate's status is "
     "inProgress."
@@ -72,14 +88,14 @@ def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str,
     """A complete policy from a (possibly partial) request policy merged over `previous`."""
     given = _dict(body, "policy")
     old = previous or {}
-    key_props = {**_dict(old.get("key_props"), "key_props"), **_dict(given.get("key_props"), "key_props")}
+    given_key_props = _dict(given.get("key_props"), "key_props")
+    key_props = {**_dict(old.get("key_props"), "key_props"), **given_key_props}
     kty = key_props.get("kty") or "RSA"
-    if kty in HSM_TYPES:
-        raise BadParameter("HSM-backed certificates are not supported by this server.", code="NotSupported")
-    if kty not in ("RSA", "EC"):
+    if kty not in CERTIFICATE_KEY_TYPES:
         raise BadParameter(f"The key type (kty) {str(kty)[:32]!r} is not supported for certificates.")
     key_props["kty"] = kty
-    if kty == "RSA":
+    family = kty.removesuffix("-HSM")
+    if family == "RSA":
         key_props.setdefault("key_size", 2048)
         key_props.pop("crv", None)
         if isinstance(key_props["key_size"], bool) or key_props["key_size"] not in RSA_SIZES:
@@ -89,7 +105,13 @@ def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str,
         key_props.pop("key_size", None)
         if key_props["crv"] not in CURVES:
             raise BadParameter(f"Property crv must be one of {', '.join(CURVES)}.")
-    key_props["exportable"] = bool(key_props.get("exportable", True))
+    if kty in HSM_TYPES:
+        # the private key of an HSM key never leaves the token: Key Vault allows exportable keys only for RSA and EC
+        if given_key_props.get("exportable") is True:
+            raise BadParameter(_HSM_EXPORTABLE)
+        key_props["exportable"] = False
+    else:
+        key_props["exportable"] = bool(key_props.get("exportable", True))
     key_props["reuse_key"] = bool(key_props.get("reuse_key", False))
     secret_props = {
         **_dict(old.get("secret_props"), "secret_props"),
@@ -117,7 +139,7 @@ def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str,
         raise BadParameter("Property key_usage has an unknown key usage.")
     if "key_usage" not in x509_props:
         x509_props["key_usage"] = (
-            ["digitalSignature", "keyEncipherment"] if kty == "RSA" else ["digitalSignature", "keyAgreement"]
+            ["digitalSignature", "keyEncipherment"] if family == "RSA" else ["digitalSignature", "keyAgreement"]
         )
     if "ekus" not in x509_props:
         x509_props["ekus"] = list(certs.DEFAULT_EKUS)
@@ -136,8 +158,9 @@ def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str,
     for action in lifetime:
         trigger = _dict(_dict(action, "lifetime_actions").get("trigger"), "trigger")
         percentage = trigger.get("lifetime_percentage")
-        if percentage is not None and (isinstance(percentage, bool) or not isinstance(percentage, int)
-                                       or not 1 <= percentage <= 99):
+        if percentage is not None and (
+            isinstance(percentage, bool) or not isinstance(percentage, int) or not 1 <= percentage <= 99
+        ):
             raise BadParameter("Property lifetime_percentage must be an integer between 1 and 99.")
     stamp = now()
     old_attrs = _dict(old.get("attributes"), "attributes")
@@ -156,8 +179,9 @@ def check_policy(body: Any, previous: dict[str, Any] | None = None) -> dict[str,
 def create(
     view: VaultView, backends: keys.Backends, name: str, body: dict[str, Any], *, vault_url: str
 ) -> tuple[ObjectRow, Certificate | None]:
-    """Issue a version per the policy: at once for issuer Self (the certificate), or, for issuer Unknown, a pending
-    operation with a CSR (None). obj.data["pending"] holds the operation."""
+    """Issue a version per the policy: at once for issuer Self or an internal CA (the certificate), or, for issuer
+    Unknown, a pending operation with a CSR (None). obj.data["pending"] holds the operation. Policies with kty
+    RSA-HSM or EC-HSM (premium vaults) get a key generated in the HSM, which signs the certificate or CSR there."""
     rules.check_name(name, "certificate")
     obj = lifecycle.free_name(view, KIND, name)
     pending = obj.data.get("pending") or {}
@@ -169,33 +193,51 @@ def create(
     key_obj = lifecycle.free_name(view, keys.KIND, name)
     secret_obj = lifecycle.free_name(view, "secret", name)
     kp, x5 = policy["key_props"], policy["x509_props"]
+    keys.check_protection(view, kp["kty"])
+    backend = backends.for_type(kp["kty"])
+    ca = None
+    if policy["issuer"]["name"] not in ("Self", "Unknown"):
+        ca = _internal_ca(view, backends, policy["issuer"]["name"])
     material = _reused_key(view, key_obj, kp) if kp["reuse_key"] else None
+    reused = material is not None
     if material is None:
         try:
-            material = backends.software.generate(kp["kty"], size=kp.get("key_size"), curve=kp.get("crv"))
+            material = backend.generate(kp["kty"], size=kp.get("key_size"), curve=kp.get("crv"))
         except KeyOperationError as exc:
             raise BadParameter(str(exc)) from None
-    sans = x5.get("sans") or {}
-    if policy["issuer"]["name"] == "Unknown":
-        _start_pending(view, obj, material, policy, tags, attrs)
-        return obj, None
-    ca = None if policy["issuer"]["name"] == "Self" else _internal_ca(view, policy["issuer"]["name"])
     try:
-        der = certs.issue(
-            material.private,
-            (ca[0], ca[1]) if ca is not None else None,
-            subject=x5.get("subject") or "",
-            dns_names=list(sans.get("dns_names") or []),
-            emails=list(sans.get("emails") or []),
-            upns=list(sans.get("upns") or []),
-            key_usage=list(x5.get("key_usage") or []),
-            ekus=list(x5.get("ekus") or []),
-            validity_months=int(x5["validity_months"]),
-        )
-    except certs.CertificateError as exc:
-        raise BadParameter(str(exc)) from None
-    chain = [ca[1]] if ca is not None else []
-    return obj, _store(view, obj, key_obj, secret_obj, material, der, chain, policy, tags, attrs, vault_url)
+        signer = certs.key_signer(backend, material)
+        if policy["issuer"]["name"] == "Unknown":
+            _start_pending(view, obj, signer, material, policy, tags, attrs, reused=reused)
+            return obj, None
+        sans = x5.get("sans") or {}
+        try:
+            der = certs.issue(
+                signer,
+                (ca[0], ca[1][0]) if ca is not None else None,
+                subject=x5.get("subject") or "",
+                dns_names=list(sans.get("dns_names") or []),
+                emails=list(sans.get("emails") or []),
+                upns=list(sans.get("upns") or []),
+                key_usage=list(x5.get("key_usage") or []),
+                ekus=list(x5.get("ekus") or []),
+                validity_months=int(x5["validity_months"]),
+            )
+        except (certs.CertificateError, KeyOperationError) as exc:
+            raise BadParameter(str(exc)) from None
+        chain = ca[1] if ca is not None else []
+        return obj, _store(view, obj, key_obj, secret_obj, material, der, chain, policy, tags, attrs, vault_url)
+    except BaseException:
+        if not reused:  # an HSM key made for nothing leaves the token again
+            _destroy_quietly(backend, material)
+        raise
+
+
+def _destroy_quietly(backend: KeyBackend, material: KeyMaterial) -> None:
+    try:
+        backend.destroy(material)
+    except (KeyBackendUnavailable, KeyOperationError) as exc:
+        log.warning("could not remove an unused %s key from the HSM: %s", material.kty, type(exc).__name__)
 
 
 def _store(
@@ -219,8 +261,9 @@ def _store(
     stamp = now()
     enabled = attrs.get("enabled", True)
     content_type = policy["secret_props"]["contentType"]
-    exportable = bool(kp["exportable"])
-    private = material.private if exportable else None
+    hsm = material.kty in HSM_TYPES
+    exportable = bool(kp["exportable"]) and not hsm
+    private = material.private if exportable else None  # HSM keys: a reference, never part of the secret
     if content_type == PEM:
         value = certs.export_pem(der, private, chain)
     else:
@@ -242,9 +285,9 @@ def _store(
 
     key_extra: dict[str, Any] = {
         "kty": material.kty,
-        "key_ops": list(keys.DEFAULT_OPS[material.kty]),
+        "key_ops": list(keys.DEFAULT_OPS[material.family]),
         "public": material.public,
-        "hsm": False,
+        "hsm": hsm,
     }
     if material.size:
         key_extra["size"] = material.size
@@ -283,11 +326,14 @@ def _store(
 
 
 def _reused_key(view: VaultView, key_obj: ObjectRow, key_props: dict[str, Any]) -> KeyMaterial | None:
-    """The latest backing key again (policy reuse_key), when it is a software key of the policy's type."""
+    """The latest backing key again (policy reuse_key), when it is a key of the policy's type, size or curve (an
+    HSM key is reused by reference: the new version signs with the same token object)."""
     if key_obj.latest is None:
         return None
     row = view.version_get(keys.KIND, key_obj.name, key_obj.latest)
-    if row is None or not row.managed or row.extra.get("hsm") or row.extra.get("kty") != key_props["kty"]:
+    if row is None or not row.managed or row.extra.get("kty") != key_props["kty"]:
+        return None
+    if bool(row.extra.get("hsm")) != (key_props["kty"] in HSM_TYPES):
         return None
     if row.extra.get("size") != key_props.get("key_size") or row.extra.get("crv") != key_props.get("crv"):
         return None
@@ -303,17 +349,21 @@ def _reused_key(view: VaultView, key_obj: ObjectRow, key_props: dict[str, Any]) 
 def _start_pending(
     view: VaultView,
     obj: ObjectRow,
+    signer: certs.Signer,
     material: KeyMaterial,
     policy: dict[str, Any],
     tags: dict[str, str] | None,
     attrs: dict[str, Any],
+    *,
+    reused: bool,
 ) -> None:
-    """Issuer Unknown: keep the new key (sealed) and its CSR until the signed certificate is merged."""
+    """Issuer Unknown: keep the new key (sealed; an HSM key's reference) and its CSR until the signed certificate is
+    merged."""
     x5 = policy["x509_props"]
     sans = x5.get("sans") or {}
     try:
         csr = certs.build_csr(
-            material.private,
+            signer,
             subject=x5.get("subject") or "",
             dns_names=list(sans.get("dns_names") or []),
             emails=list(sans.get("emails") or []),
@@ -321,7 +371,7 @@ def _start_pending(
             key_usage=list(x5.get("key_usage") or []),
             ekus=list(x5.get("ekus") or []),
         )
-    except certs.CertificateError as exc:
+    except (certs.CertificateError, KeyOperationError) as exc:
         raise BadParameter(str(exc)) from None
     request_id = rules.new_version()
     sealed = view.seal(KIND, obj.name, "pending-" + request_id, "key", material.private)
@@ -337,6 +387,8 @@ def _start_pending(
             "request_id": request_id,
             "key": sealed.hex(),
             "kty": material.kty,
+            "hsm": material.kty in HSM_TYPES,
+            "reused": reused,
             "public": material.public,
             "size": material.size,
             "crv": material.curve,
@@ -347,6 +399,31 @@ def _start_pending(
     }
     view.object_put(obj)
     return None
+
+
+def _pending_material(view: VaultView, obj: ObjectRow, pending: dict[str, Any]) -> KeyMaterial:
+    private = view.open(KIND, obj.name, "pending-" + str(pending["request_id"]), "key", bytes.fromhex(pending["key"]))
+    return KeyMaterial(
+        kty=str(pending["kty"]),
+        public=dict(pending.get("public") or {}),
+        private=private,
+        size=pending.get("size"),
+        curve=pending.get("crv"),
+    )
+
+
+def _release_pending_key(view: VaultView, backends: keys.Backends, obj: ObjectRow, pending: dict[str, Any]) -> None:
+    """A pending operation that will never be merged: its HSM key leaves the token (unless it is a reused key, which
+    a version still holds). A software key is forgotten with the operation."""
+    if not pending.get("key") or not pending.get("hsm") or pending.get("reused") or backends.hsm is None:
+        return
+    _destroy_quietly(backends.hsm, _pending_material(view, obj, pending))
+
+
+def release_hsm_objects(view: VaultView, backends: keys.Backends, obj: ObjectRow) -> None:
+    """Before a certificate object is purged: the HSM key of its unmerged pending operation leaves the token (the
+    backing key's versions are the key object's, see key.destroy_versions)."""
+    _release_pending_key(view, backends, obj, dict(obj.data.get("pending") or {}))
 
 
 def merge(view: VaultView, name: str, body: dict[str, Any], *, vault_url: str) -> Certificate:
@@ -361,21 +438,14 @@ def merge(view: VaultView, name: str, body: dict[str, Any], *, vault_url: str) -
     except ValueError:
         raise BadParameter("Property x5c holds invalid base64.") from None
     request_id = str(pending["request_id"])
-    private = view.open(KIND, obj.name, "pending-" + request_id, "key", bytes.fromhex(pending["key"]))
+    material = _pending_material(view, obj, pending)
     try:
-        if not certs.matches_key(chain[0], private):
+        if not certs.matches_key(chain[0], material):
             raise BadParameter("Public key from x509 certificate and key of this instance doesn't match")
         for extra in chain[1:]:
             certs.inspect(extra)
     except certs.CertificateError as exc:
         raise BadParameter(str(exc)) from None
-    material = KeyMaterial(
-        kty=str(pending["kty"]),
-        public=dict(pending["public"]),
-        private=private,
-        size=pending.get("size"),
-        curve=pending.get("crv"),
-    )
     tags = rules.check_tags(body["tags"]) if body.get("tags") is not None else pending.get("tags")
     attrs = {**(pending.get("attributes") or {}), **rules.check_attributes(body.get("attributes"))}
     key_obj = lifecycle.free_name(view, keys.KIND, name)
@@ -395,8 +465,9 @@ def merge(view: VaultView, name: str, body: dict[str, Any], *, vault_url: str) -
     return cert
 
 
-def delete_pending(view: VaultView, name: str) -> tuple[ObjectRow, dict[str, Any]]:
+def delete_pending(view: VaultView, backends: keys.Backends, name: str) -> tuple[ObjectRow, dict[str, Any]]:
     obj, pending = pending_operation(view, name)
+    _release_pending_key(view, backends, obj, pending)
     if obj.latest is None:
         view.object_purge(KIND, obj.name)
     else:
@@ -405,12 +476,15 @@ def delete_pending(view: VaultView, name: str) -> tuple[ObjectRow, dict[str, Any
     return obj, pending
 
 
-def cancel_pending(view: VaultView, name: str, body: dict[str, Any]) -> tuple[ObjectRow, dict[str, Any]]:
+def cancel_pending(
+    view: VaultView, backends: keys.Backends, name: str, body: dict[str, Any]
+) -> tuple[ObjectRow, dict[str, Any]]:
     obj, pending = pending_operation(view, name)
     flag = body.get("cancellation_requested")
     if not isinstance(flag, bool):
         raise BadParameter("Property cancellation_requested is required and must be a boolean.")
     if flag and pending.get("status") == "inProgress":
+        _release_pending_key(view, backends, obj, pending)
         pending.update(cancellation_requested=True, status="cancelled", status_details="Cancelled by the user.")
         pending.pop("key", None)
         obj.data = {**obj.data, "pending": pending}
@@ -441,6 +515,12 @@ def import_certificate(
         raise BadParameter(str(exc)) from None
     given = dict(body.get("policy") or {})
     previous = obj.data.get("policy") or {}
+    if (given.get("key_props") or {}).get("kty") in HSM_TYPES:
+        raise BadParameter(
+            "Importing a certificate's private key into the HSM is not supported by this server: import it with "
+            "key type RSA or EC, or create the certificate with an HSM key type instead.",
+            code="NotSupported",
+        )
     x509_props = {**(previous.get("x509_props") or {}), **(given.get("x509_props") or {})}
     x509_props.setdefault("subject", info.subject)
     key_props = {**(previous.get("key_props") or {}), **(given.get("key_props") or {})}
@@ -553,6 +633,7 @@ def recover(view: VaultView, name: str) -> Certificate:
 def purge(view: VaultView, backends: keys.Backends, name: str) -> None:
     obj = lifecycle.deleted(view, KIND, name)
     lifecycle.check_purge_allowed(view)
+    release_hsm_objects(view, backends, obj)
     for companion in _companions(view, obj.name, deleted=True):
         if companion.kind == keys.KIND:
             keys.destroy_versions(view, backends, companion)
@@ -782,8 +863,9 @@ def _ca_not_found(name: str) -> NotFound:
     return NotFound(f"Certificate authority not found: {name}", code="CertificateAuthorityNotFound")
 
 
-def _internal_ca(view: VaultView, issuer_name: str) -> tuple[bytes, bytes]:
-    """(CA private key DER, CA certificate DER) of the current generation of an internal-CA issuer."""
+def _internal_ca(view: VaultView, backends: keys.Backends, issuer_name: str) -> tuple[certs.Signer, list[bytes]]:
+    """(the signer, the chain above a leaf: the issuing CA certificate first, DER) of the current generation of an
+    internal-CA issuer. With an intermediate, the intermediate signs and the chain is [intermediate, root]."""
     obj = view.object_get(ISSUER_KIND, issuer_name)
     if obj is None:
         raise BadParameter(
@@ -800,20 +882,88 @@ def _internal_ca(view: VaultView, issuer_name: str) -> tuple[bytes, bytes]:
     if not (obj.data.get("issuer") or {}).get("attributes", {}).get("enabled", True):
         raise BadParameter(f"Issuer {issuer_name[:32]!r} is disabled.")
     generation = ca.data["generations"][-1]
+    issuing = generation.get("intermediate") or generation
+    material = _ca_material(view, ca, issuing)
+    chain = [base64.b64decode(issuing["cer"])]
+    if issuing is not generation:
+        chain.append(base64.b64decode(generation["cer"]))
+    return certs.key_signer(backends.for_type(material.kty), material), chain
+
+
+def _ca_material(view: VaultView, ca: ObjectRow, generation: dict[str, Any]) -> KeyMaterial:
+    """A CA generation's key: software (sealed by the vault barrier) or a reference into the HSM. Generations of
+    earlier releases hold a software RSA key and no public members."""
     private = view.open(CA_KIND, ca.name, generation["id"], "key", bytes.fromhex(generation["key"]))
-    return private, base64.b64decode(generation["cer"])
+    return KeyMaterial(
+        kty=str(generation.get("kty") or "RSA"),
+        public=dict(generation.get("public") or {}),
+        private=private,
+        size=generation.get("size"),
+    )
 
 
 def _new_generation(view: VaultView, backends: keys.Backends, obj: ObjectRow) -> dict[str, Any]:
-    material = backends.software.generate("RSA", size=int(obj.data.get("keySize") or 3072), curve=None)
-    der = certs.ca_certificate(
-        material.private, subject=str(obj.data["subject"]), validity_years=int(obj.data["validityYears"])
-    )
-    generation_id = rules.new_version()
-    info = certs.inspect(der)
+    """A new root CA key and its self-signed certificate and, for a CA with an intermediate, an intermediate key and
+    certificate signed by that root. Keys are made where the CA keeps them (in the HSM: non-extractable, and the
+    certificates are signed there)."""
+    years = int(obj.data["validityYears"])
+    if not obj.data.get("intermediate"):
+        return _new_ca_key(view, backends, obj, subject=str(obj.data["subject"]), years=years, issuer=None)
+    root = _new_ca_key(view, backends, obj, subject=str(obj.data["subject"]), years=years, issuer=None, path_length=1)
+    try:
+        root_material = _ca_material(view, obj, root)
+        root_signer = certs.key_signer(backends.for_type(root_material.kty), root_material)
+        intermediate = _new_ca_key(
+            view,
+            backends,
+            obj,
+            subject=str(obj.data["intermediateSubject"]),
+            years=years,
+            issuer=(root_signer, base64.b64decode(root["cer"])),
+        )
+    except BaseException:
+        _destroy_generation_quietly(view, backends, obj, root)
+        raise
+    return {**root, "intermediate": intermediate}
+
+
+def _new_ca_key(
+    view: VaultView,
+    backends: keys.Backends,
+    obj: ObjectRow,
+    *,
+    subject: str,
+    years: int,
+    issuer: tuple[certs.Signer, bytes] | None,
+    path_length: int = 0,
+) -> dict[str, Any]:
+    """One CA key (in the HSM for an HSM-backed CA) and its certificate: self-signed, or signed by `issuer`."""
+    kty = "RSA-HSM" if obj.data.get("hsm") else "RSA"
+    backend = backends.for_type(kty)
+    try:
+        material = backend.generate(kty, size=int(obj.data.get("keySize") or 3072))
+    except KeyOperationError as exc:
+        raise BadParameter(str(exc)) from None
+    try:
+        der = certs.ca_certificate(
+            certs.key_signer(backend, material),
+            subject=subject,
+            validity_years=years,
+            issuer=issuer,
+            path_length=path_length,
+        )
+        key_id = rules.new_version()
+        info = certs.inspect(der)
+    except BaseException:
+        _destroy_quietly(backend, material)
+        raise
     return {
-        "id": generation_id,
-        "key": view.seal(CA_KIND, obj.name, generation_id, "key", material.private).hex(),
+        "id": key_id,
+        "kty": kty,
+        "size": material.size,
+        "public": material.public,
+        "hsm": kty in HSM_TYPES,
+        "key": view.seal(CA_KIND, obj.name, key_id, "key", material.private).hex(),
         "cer": base64.b64encode(der).decode("ascii"),
         "x5t": info.x5t,
         "nbf": info.not_before,
@@ -822,11 +972,46 @@ def _new_generation(view: VaultView, backends: keys.Backends, obj: ObjectRow) ->
     }
 
 
+def _destroy_generation_quietly(
+    view: VaultView, backends: keys.Backends, obj: ObjectRow, generation: dict[str, Any]
+) -> None:
+    """A generation made for nothing (a later step failed): its keys leave the HSM again."""
+    for part in (generation, generation.get("intermediate")):
+        if part and part.get("key"):
+            material = _ca_material(view, obj, part)
+            _destroy_quietly(backends.for_type(material.kty), material)
+
+
+def _retire(view: VaultView, backends: keys.Backends, ca: ObjectRow, generation: dict[str, Any]) -> dict[str, Any]:
+    """A generation that signs no more: its key goes (out of the HSM too); its certificate stays, so that chains
+    issued under it still verify."""
+    if generation.get("intermediate"):
+        generation = {**generation, "intermediate": _retire(view, backends, ca, generation["intermediate"])}
+    if not generation.get("key"):
+        return generation
+    material = _ca_material(view, ca, generation)
+    if material.kty in HSM_TYPES:
+        backends.for_type(material.kty).destroy(material)
+    retired = {k: v for k, v in generation.items() if k != "key"}
+    retired["retired"] = now()
+    return retired
+
+
 def ca_create(
-    view: VaultView, backends: keys.Backends, name: str, *, subject: str | None, validity_years: int
+    view: VaultView,
+    backends: keys.Backends,
+    name: str,
+    *,
+    subject: str | None,
+    validity_years: int,
+    hsm: bool | None = None,
+    intermediate: bool = False,
+    intermediate_subject: str | None = None,
 ) -> dict[str, Any]:
-    """A new internal CA: a root key (software backend, sealed by the vault barrier) and its self-signed
-    certificate; also registered as the certificate issuer NAME with provider "Coffer"."""
+    """A new internal CA: a root key and its self-signed certificate (and, with `intermediate`, an intermediate CA
+    signed by the root, which then signs the leaves); also registered as the certificate issuer NAME
+    with provider "Coffer". The key is made in the HSM (`hsm` True; the default on a premium vault of a server with
+    an HSM) or is a software key sealed by the vault barrier (`hsm` False; the default otherwise)."""
     rules.check_name(name, "issuer")
     if not 1 <= validity_years <= 50:
         raise BadParameter("validityYears must be between 1 and 50.")
@@ -835,13 +1020,28 @@ def ca_create(
     existing = view.object_get(ISSUER_KIND, name)
     if existing is not None and (existing.data.get("issuer") or {}).get("provider") not in CA_PROVIDERS:
         raise Conflict(f"Issuer {existing.name} already exists with another provider.")
+    if hsm is None:
+        hsm = view.vault.sku == "premium" and backends.hsm is not None
+    if hsm:
+        keys.check_protection(view, "RSA-HSM")
+        backends.for_type("RSA-HSM")
     subject = subject or f"CN={name} Coffer CA {view.name}"
+    if intermediate_subject and not intermediate:
+        raise BadParameter("intermediateSubject needs intermediate: true.")
     try:
         obj = ObjectRow(
             vault=view.name,
             kind=CA_KIND,
             name=name,
-            data={"subject": subject, "validityYears": validity_years, "keySize": 3072, "generations": []},
+            data={
+                "subject": subject,
+                "validityYears": validity_years,
+                "keySize": 3072,
+                "hsm": hsm,
+                "intermediate": intermediate,
+                "intermediateSubject": intermediate_subject or f"CN={name} Coffer Intermediate CA {view.name}",
+                "generations": [],
+            },
         )
         obj.data["generations"] = [_new_generation(view, backends, obj)]
     except certs.CertificateError as exc:
@@ -852,11 +1052,32 @@ def ca_create(
 
 
 def ca_rotate(view: VaultView, backends: keys.Backends, name: str) -> dict[str, Any]:
-    """A new CA key and certificate; earlier generations stay (their certificates still verify old chains)."""
+    """A new CA key and certificate (same protection); earlier generations keep their certificates (they still
+    verify old chains) but lose their keys, which sign no more (HSM keys leave the token)."""
     obj = _ca(view, name)
-    obj.data = {**obj.data, "generations": [*obj.data["generations"], _new_generation(view, backends, obj)]}
+    fresh = _new_generation(view, backends, obj)
+    try:
+        retired = [_retire(view, backends, obj, g) for g in obj.data["generations"]]
+    except BaseException:
+        _destroy_generation_quietly(view, backends, obj, fresh)
+        raise
+    obj.data = {**obj.data, "generations": [*retired, fresh]}
     view.object_put(obj)
     return ca_info(obj)
+
+
+def ca_delete(view: VaultView, backends: keys.Backends, name: str) -> dict[str, Any]:
+    """Remove an internal CA for good: its keys (out of the HSM too), its certificates and its issuer entry.
+    Certificates it issued stay, with their chains."""
+    obj = _ca(view, name)
+    info = ca_info(obj)
+    for generation in obj.data["generations"]:
+        _retire(view, backends, obj, generation)
+    view.object_purge(CA_KIND, obj.name)
+    issuer = view.object_get(ISSUER_KIND, obj.name)
+    if issuer is not None and (issuer.data.get("issuer") or {}).get("provider") in CA_PROVIDERS:
+        view.object_purge(ISSUER_KIND, issuer.name)
+    return info
 
 
 def _ca(view: VaultView, name: str) -> ObjectRow:
@@ -878,8 +1099,13 @@ def ca_pem(view: VaultView, name: str) -> str:
 
 
 def ca_info(obj: ObjectRow) -> dict[str, Any]:
+    fields = ("id", "cer", "x5t", "nbf", "exp", "created")
     generations = [
-        {k: g[k] for k in ("id", "cer", "x5t", "nbf", "exp", "created")} for g in obj.data["generations"]
+        {
+            **{k: g[k] for k in fields},
+            **({"intermediate": {k: g["intermediate"][k] for k in fields}} if g.get("intermediate") else {}),
+        }
+        for g in obj.data["generations"]
     ]
     return {
         "name": obj.name,
@@ -889,7 +1115,8 @@ def ca_info(obj: ObjectRow) -> dict[str, Any]:
         "validityYears": obj.data["validityYears"],
         "keyType": "RSA",
         "keySize": obj.data.get("keySize"),
-        "hsm": False,
+        "hsm": bool(obj.data.get("hsm")),
+        **({"intermediateSubject": obj.data["intermediateSubject"]} if obj.data.get("intermediate") else {}),
         "current": generations[-1],
         "previous": generations[:-1],
     }

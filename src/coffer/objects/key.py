@@ -72,9 +72,14 @@ class Key:
 def _check_kty(view: VaultView, kty: Any) -> str:
     if kty not in SOFTWARE_TYPES + HSM_TYPES:
         raise BadParameter(f"The key type (kty) {str(kty)[:32]!r} is not supported.")
+    check_protection(view, str(kty))
+    return str(kty)
+
+
+def check_protection(view: VaultView, kty: str) -> None:
+    """HSM key types need a premium vault (Key Vault's rule); the certificates and the internal CA use it too."""
     if kty in HSM_TYPES and view.vault.sku != "premium":
         raise BadParameter(f"Hardware key operation not allowed on standard vault: kty {kty} needs a premium vault.")
-    return str(kty)
 
 
 def _check_key_ops(value: Any, default: list[str]) -> list[str]:

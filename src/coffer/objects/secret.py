@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from coffer.barrier import VaultView
 from coffer.clock import now
-from coffer.crypto import envelope
+from coffer.crypto import certs, envelope
 from coffer.errors import BadParameter, Conflict, Forbidden
 from coffer.objects import lifecycle, rules
 from coffer.storage import ObjectRow, VersionRow
@@ -83,6 +84,36 @@ def get(view: VaultView, name: str, version: str | None) -> Secret:
     if not row.enabled:
         raise Forbidden("Operation get is not allowed on a disabled secret.", inner="SecretDisabled")
     return Secret(obj, row, _open_value(view, row))
+
+
+PKCS12 = "application/x-pkcs12"
+PEM = "application/x-pem-file"
+
+
+def convert(item: Secret, out_content_type: str | None) -> Secret:
+    """Key Vault's `outContentType` on get: a certificate's secret stored as PKCS#12 is returned as PEM (private key,
+    when the certificate's key is exportable, then the chain). The stored type itself is returned as is; any other
+    conversion (PEM to PKCS#12 included: Key Vault converts PFX to PEM only) or type is refused."""
+    if not out_content_type:
+        return item
+    wanted = out_content_type.strip().lower()
+    if wanted not in (PKCS12, PEM):
+        raise BadParameter(
+            f"The value {out_content_type[:64]!r} of parameter outContentType is not supported: use {PKCS12} or {PEM}."
+        )
+    stored = (item.row.content_type or "").lower()
+    if wanted == stored:
+        return item
+    if wanted != PEM or stored != PKCS12 or not item.row.managed or item.value is None:
+        raise BadParameter(
+            f"The secret's content type {(item.row.content_type or 'none')[:64]!r} cannot be converted to "
+            f"{wanted}: only the {PKCS12} secret of a certificate converts, to {PEM}."
+        )
+    try:
+        pem = certs.pkcs12_to_pem(base64.b64decode(item.value, validate=True))
+    except (ValueError, certs.CertificateError):
+        raise BadParameter("The secret's value is not a PKCS#12 certificate: it cannot be converted.") from None
+    return Secret(item.obj, replace(item.row, content_type=PEM), pem)
 
 
 def update(

@@ -1,6 +1,7 @@
 """Coffer's internal certificate authorities (the CLI's `coffer ca ...`): admin API under
 /admin/vaults/{vault}/ca/{name} (authorized like other vault admin operations: vault write/read), and the CA
 certificate published unauthenticated at GET /ca/{vault}/{name}.pem on the server host so clients can trust it.
+The CA key is an HSM key (premium vault, server with an HSM: the default) or a software key (`hsm: false`).
 Each CA is also the vault's certificate issuer NAME (provider "Coffer"); objects/certificate.py holds the CA."""
 
 from __future__ import annotations
@@ -35,14 +36,32 @@ async def create_ca(req: ApiRequest) -> Result:
     body = await req.json(required=False) or {}
     subject = body.get("subject")
     years = body.get("validityYears", 10)
+    hsm = body.get("hsm")
+    intermediate = body.get("intermediate", False)
+    intermediate_subject = body.get("intermediateSubject")
     if subject is not None and not isinstance(subject, str):
         raise BadParameter("Property subject must be a string.")
+    if intermediate_subject is not None and not isinstance(intermediate_subject, str):
+        raise BadParameter("Property intermediateSubject must be a string.")
+    if not isinstance(intermediate, bool):
+        raise BadParameter("Property intermediate must be a boolean.")
     if isinstance(years, bool) or not isinstance(years, int):
         raise BadParameter("Property validityYears must be an integer.")
+    if hsm is not None and not isinstance(hsm, bool):
+        raise BadParameter("Property hsm must be a boolean.")
 
     def run(ctx: Context) -> Result:
         view = _view(ctx, vault_name)
-        info = certificate.ca_create(view, _backends(req), name, subject=subject, validity_years=years)
+        info = certificate.ca_create(
+            view,
+            _backends(req),
+            name,
+            subject=subject,
+            validity_years=years,
+            hsm=hsm,
+            intermediate=intermediate,
+            intermediate_subject=intermediate_subject,
+        )
         return Result(status=201, body=_with_url(req, info))
 
     return await _run(req, "CertificateAuthorityPut", "write", f"/vaults/{vault_name}", True, run)
@@ -67,6 +86,16 @@ async def rotate_ca(req: ApiRequest) -> Result:
     return await _run(req, "CertificateAuthorityRotate", "write", f"/vaults/{vault_name}", True, run)
 
 
+async def delete_ca(req: ApiRequest) -> Result:
+    vault_name, name = req.params["vault"], req.params["name"]
+
+    def run(ctx: Context) -> Result:
+        info = certificate.ca_delete(_view(ctx, vault_name), _backends(req), name)
+        return Result(body=_with_url(req, info))
+
+    return await _run(req, "CertificateAuthorityDelete", "write", f"/vaults/{vault_name}", True, run)
+
+
 async def publish_ca(req: ApiRequest) -> Result:
     """Unauthenticated: the current CA certificate (PEM) of an internal CA."""
     vault_name, file = req.params["vault"], req.params["file"]
@@ -85,5 +114,6 @@ ROUTES = [
     Route("PUT", "/admin/vaults/{vault}/ca/{name}", create_ca),
     Route("GET", "/admin/vaults/{vault}/ca/{name}", get_ca),
     Route("POST", "/admin/vaults/{vault}/ca/{name}/rotate", rotate_ca),
+    Route("DELETE", "/admin/vaults/{vault}/ca/{name}", delete_ca),
 ]
 PUBLIC_ROUTES = [Route("GET", "/ca/{vault}/{file}", publish_ca)]

@@ -1,11 +1,12 @@
 """The Certificates API of Key Vault (specs/keyvault/2026-04-01/certificates.json).
 
-Implemented: create (issuer Self issues at once; issuer Unknown returns a CSR, then merge, cancel or delete the
-pending operation), import (PKCS#12, PEM), get, list, versions, update, policy, soft delete, recover, purge, backup
-and restore. Data actions: merging uses certificates/create/action; cancelling or deleting a pending operation
-uses certificates/update/action; everything that reads uses certificates/read, contacts included (their
-writes use certificatecontacts/write); issuers use certificatecas/read|write|delete. Contacts and issuers are
-per-vault objects of kinds "certificate-contacts" and "certificate-issuer" (objects/certificate.py).
+Implemented: create (issuer Self or an internal CA issues at once; issuer Unknown returns a CSR, then merge, cancel
+or delete the pending operation; key types RSA, EC, and RSA-HSM, EC-HSM on premium vaults), import (PKCS#12, PEM),
+get, list, versions, update, policy, soft delete, recover, purge, backup and restore. Data actions: merging uses
+certificates/create/action; cancelling or deleting a pending operation uses certificates/update/action; everything
+that reads uses certificates/read, contacts included (their writes use certificatecontacts/write); issuers use
+certificatecas/read|write|delete. Contacts and issuers are per-vault objects of kinds "certificate-contacts" and
+"certificate-issuer" (objects/certificate.py).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ async def delete_pending(req: ApiRequest) -> Result:
     name = req.params["name"]
 
     def run(ctx: Context) -> Result:
-        obj, pending = certificate.delete_pending(ctx.require_view(), name)
+        obj, pending = certificate.delete_pending(ctx.require_view(), _backends(req), name)
         op = _operation(req, obj, pending)
         return Result(body=op, object_id=op["id"])
 
@@ -200,7 +201,7 @@ async def cancel_pending(req: ApiRequest) -> Result:
     name, body = req.params["name"], await req.json()
 
     def run(ctx: Context) -> Result:
-        obj, pending = certificate.cancel_pending(ctx.require_view(), name, body)
+        obj, pending = certificate.cancel_pending(ctx.require_view(), _backends(req), name, body)
         op = _operation(req, obj, pending)
         return Result(body=op, object_id=op["id"])
 

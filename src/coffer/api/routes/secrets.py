@@ -56,9 +56,11 @@ async def set_secret(req: ApiRequest) -> Result:
 
 async def get_secret(req: ApiRequest) -> Result:
     name, version = req.params["name"], req.params.get("version") or None
+    out_content_type = req.query.get("outContentType")  # certificate secrets: PKCS#12 → PEM (2025-06-01-preview+)
 
     def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, secret.get(ctx.require_view(), name, version), with_value=True)
+        item = secret.convert(secret.get(ctx.require_view(), name, version), out_content_type)
+        return _bundle(req, ctx, item, with_value=True)
 
     return await _run(req, "SecretGet", "getSecret/action", f"/secrets/{name}", False, run)
 
