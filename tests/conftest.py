@@ -5,7 +5,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer, shared_server, stop_shared_server
 from tests.support.server import DevServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresServer:
+    """The session's throwaway PostgreSQL (started on first request; skips without PostgreSQL installed). Its
+    `new_database()` gives each user a fresh database. With COFFER_TEST_STORAGE=postgres every DevServer runs on
+    a database of it too."""
+    return shared_server()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_shared_server()  # after every fixture (and so every server using it) is torn down
 
 
 @pytest.fixture(scope="session")

@@ -86,9 +86,7 @@ def signing_key(dev_server: DevServer) -> bytes:
     Only to forge tokens whose signature is valid but whose claims are not (expired, wrong audience,
     wrong issuer...): the server must reject them on the claims, not only on the signature."""
     from coffer.barrier import Barrier
-    from coffer.storage.sqlite import SqliteStorage
-
-    storage = SqliteStorage(dev_server.data_dir / "coffer.db")
+    storage = dev_server.open_storage()  # SQLite or PostgreSQL, as the server
     try:
         barrier = Barrier(storage)
         barrier.unseal_with_key(bytes.fromhex((dev_server.data_dir / "dev-unseal.key").read_text().strip()))

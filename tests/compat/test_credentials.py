@@ -45,7 +45,6 @@ from coffer.authz import roles
 from coffer.config import Config
 from coffer.identity import principals
 from coffer.storage import RoleAssignmentRow
-from coffer.storage.sqlite import SqliteStorage
 from tests.compat.helpers import unique
 from tests.e2e.helpers import FOREIGN_IDENTITY_VARIABLES, release_connections, run_cli
 from tests.support.server import DevServer
@@ -236,7 +235,7 @@ def grant(server: DevServer, cwd: Path, assignee: str, role: str = "Key Vault Se
 
 def assign_in_storage(server: DevServer, principal_id: str, role_id: str, scope: str) -> None:
     """A role assignment written into the STOPPED server's storage, for ids the access API does not accept."""
-    storage = SqliteStorage(server.data_dir / "coffer.db")
+    storage = server.open_storage()  # SQLite or PostgreSQL, as the server
     try:
         with storage.write() as tx:
             tx.role_assignment_put(RoleAssignmentRow(str(uuid.uuid4()), scope, role_id, principal_id,
@@ -505,7 +504,7 @@ def signing_key(dev_server: DevServer) -> bytes:
     is valid but whose claims are not."""
     from coffer.barrier import Barrier
 
-    storage = SqliteStorage(dev_server.data_dir / "coffer.db")
+    storage = dev_server.open_storage()  # SQLite or PostgreSQL, as the server
     try:
         barrier = Barrier(storage)
         barrier.unseal_with_key(bytes.fromhex((dev_server.data_dir / "dev-unseal.key").read_text().strip()))
@@ -819,7 +818,7 @@ def add_second_tenant(server: DevServer, *, admin: bool = False, tenant_id: str 
     `grants`; the server is restarted."""
     release_connections()
     server.stop()
-    storage = SqliteStorage(server.data_dir / "coffer.db")
+    storage = server.open_storage()  # SQLite or PostgreSQL, as the server
     try:
         with storage.write() as tx:
             tenant = principals.create_tenant(tx, "Other", tenant_id)
@@ -966,7 +965,7 @@ def test_tokens_survive_restart_and_signing_key_rotation(fresh_server: DevServer
 
     release_connections()
     server.stop()
-    coffer = Coffer(Config(data_dir=server.data_dir, dev=True))
+    coffer = Coffer(Config(data_dir=server.data_dir, dev=True, database_url=server.database_url))
     try:
         coffer.start_dev()
         assert coffer.rotate_signing_key_if_due(int(time.time()), force=True)

@@ -56,7 +56,6 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from coffer.barrier import Barrier, VaultView
 from coffer.devhsm import TOKEN_LABEL, find_module
-from coffer.storage.sqlite import SqliteStorage
 from tests.compat.helpers import check_error, unique
 from tests.e2e.helpers import credential, identity_env, release_connections, run_cli
 from tests.support.server import DevServer
@@ -533,9 +532,10 @@ def token_objects(server: DevServer) -> dict[str, dict[str, Any]]:
     return dict(json.loads(result.stdout))
 
 
-def database_references(data_dir: Path) -> dict[str, str]:
+def database_references(server: DevServer) -> dict[str, str]:
     """{CKA_ID hex: where} of every `pkcs11:` reference the database holds, opened with the dev unseal key."""
-    storage = SqliteStorage(data_dir / "coffer.db")
+    data_dir = server.data_dir
+    storage = server.open_storage()
     found: dict[str, str] = {}
 
     def add(opened: bytes, where: str) -> None:
@@ -595,7 +595,7 @@ def test_token_holds_exactly_what_the_database_references(server: DevServer, cer
     release_connections()
     assert server.stop() == 0
 
-    references = database_references(server.data_dir)
+    references = database_references(server)
     objects = token_objects(server)
     assert any(where.startswith("CA hsmca") for where in references.values())
     assert any(where == f"pending {waiting}" for where in references.values())

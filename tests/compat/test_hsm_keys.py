@@ -47,8 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from coffer.barrier import Barrier, VaultView
 from coffer.devhsm import TOKEN_LABEL, find_module
-from coffer.storage.sqlite import SqliteStorage
-from tests.e2e.helpers import credential, files_under, identity_env, release_connections, run_cli
+from tests.e2e.helpers import credential, identity_env, release_connections, run_cli
 from tests.support.server import DevServer
 from tests.support.softhsm import missing_reason
 
@@ -412,13 +411,13 @@ def inspect_token(server: DevServer, references: dict[str, tuple[str, str]]) -> 
     return dict(json.loads(result.stdout))
 
 
-def stored_key_versions(data_dir: Path) -> dict[str, list[tuple[str, bytes, dict[str, Any]]]]:
+def stored_key_versions(server: DevServer) -> dict[str, list[tuple[str, bytes, dict[str, Any]]]]:
     """Every key version of every vault (deleted keys too), opened with the dev unseal key as Coffer would:
     {key name: [(kty, the sealed payload opened, the clear columns)]}. The server must be stopped."""
-    storage = SqliteStorage(data_dir / "coffer.db")
+    storage = server.open_storage()  # SQLite or PostgreSQL, as the server
     try:
         barrier = Barrier(storage)
-        barrier.unseal_with_key(bytes.fromhex((data_dir / "dev-unseal.key").read_text().strip()))
+        barrier.unseal_with_key(bytes.fromhex((server.data_dir / "dev-unseal.key").read_text().strip()))
         found: dict[str, list[tuple[str, bytes, dict[str, Any]]]] = {}
         with storage.read() as tx:
             for vault_row in tx.vault_list():
@@ -476,7 +475,7 @@ def test_key_material_stays_in_the_token(server: DevServer, key_client: KeyClien
     assert server.stop() == 0
 
     # the database: for HSM keys nothing but the reference, even inside the sealed payload
-    stored = stored_key_versions(server.data_dir)
+    stored = stored_key_versions(server)
     references: dict[str, tuple[str, str]] = {}
     for name in [*keys, *doomed]:
         (kty, opened, extra), = stored[f"dev/{name}"]
@@ -500,9 +499,10 @@ def test_key_material_stays_in_the_token(server: DevServer, key_client: KeyClien
         assert described["objects"] == (1 if kty == "oct-HSM" else 2)
         assert described["revealed"] is False
 
-    # the data directory outside the token directory: no RSA prime (so no private key in any binary encoding)
+    # the data directory outside the token directory (and on PostgreSQL the database's files): no RSA prime (so no
+    # private key in any binary encoding)
     token_dir = server.data_dir / "softhsm"
-    scanned = [path for path in files_under(server.data_dir) if token_dir not in path.parents]
+    scanned = [path for path in server.stored_files() if token_dir not in path.parents]
     assert scanned and all("softhsm" not in path.parts for path in scanned)
     moduli: dict[int, list[int]] = {}
     for key in [*keys.values(), *doomed.values()]:

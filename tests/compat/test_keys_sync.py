@@ -72,8 +72,8 @@ from tests.compat.key_helpers import (
     sign_with,
     verify_locally,
 )
-from tests.e2e.helpers import files_under, release_connections
 from tests.e2e.helpers import identity_env as server_identity_env
+from tests.e2e.helpers import release_connections
 from tests.support.server import DevServer
 
 NINETY_DAYS = dt.timedelta(days=90)
@@ -1298,13 +1298,13 @@ def test_private_key_material_never_reaches_the_data_directory(fresh_server: Dev
         cred.close()
     release_connections()
 
-    server.kill()  # as a crash leaves them, WAL included
-    crashed = {str(p): p.read_bytes() for p in files_under(server.data_dir)}
-    assert any(p.endswith("-wal") for p in crashed), sorted(crashed)
+    server.kill()  # as a crash leaves them, WAL included (on PostgreSQL: the cluster's files of the server's database)
+    crashed = {str(p): p.read_bytes() for p in server.stored_files()}
+    assert any(p.endswith("-wal") or "/pg_wal/" in p for p in crashed), sorted(crashed)
     assert _leaks(crashed, needles) == []
     server.restart()
     assert server.stop() == 0
-    stopped = {str(p): p.read_bytes() for p in files_under(server.data_dir)}
+    stopped = {str(p): p.read_bytes() for p in server.stored_files()}
     stopped["<server output>"] = "".join(server.output).encode()
     assert _leaks(stopped, needles) == []
     # positive control: the scan does see what is stored in the clear on purpose (the public modulus)

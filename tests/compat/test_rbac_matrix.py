@@ -64,7 +64,7 @@ class Outcome:
 def provision(server: DevServer) -> tuple[list[Principal], str]:
     """With the server stopped: one application per (role, level), its assignment, and its secrets."""
     server.stop()
-    coffer = Coffer(Config(data_dir=server.data_dir, dev=True))
+    coffer = Coffer(Config(data_dir=server.data_dir, dev=True, database_url=server.database_url))
     made: list[Principal] = []
     try:
         dev = coffer.start_dev()

@@ -1,15 +1,20 @@
 """Conformance suite for the `Storage` interface (coffer.storage.base).
 
-Every backend must pass it unchanged. To add one, add a line to BACKENDS: a factory that, given a
-test's private directory, returns a storage object; calling it twice with the same directory must
-reach the same data (the suite uses that to reopen a store).
+Every backend must pass it unchanged. To add one, add a line to BACKENDS: a function that, given the test's
+request and private directory, returns a factory of storage objects; every object the factory makes must reach the
+same store (the suite uses that to reopen a store, and to run two processes' worth of instances on it).
+SQLite keeps its file in the test's directory; PostgreSQL gets a fresh database of the session's throwaway server
+(tests/support/postgres.py) per test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,29 +22,58 @@ from coffer.storage import (
     CredentialRow,
     ObjectRow,
     PrincipalRow,
+    RoleAssignmentRow,
+    RoleDefinitionRow,
     Storage,
     StorageError,
     VaultRow,
     VersionRow,
 )
-from coffer.storage.base import IssuerRow, TenantRow
+from coffer.storage.base import TABLES, IssuerRow, TenantRow
+from coffer.storage.postgres import PostgresStorage
 from coffer.storage.sqlite import SqliteStorage
 
-BACKENDS: dict[str, Callable[[Path], Storage]] = {
-    "sqlite": lambda directory: SqliteStorage(directory / "db"),
-    # "postgres": lambda directory: PostgresStorage(dsn_for(directory)),
+Factory = Callable[[], Storage]
+
+
+def sqlite_store(request: pytest.FixtureRequest, directory: Path) -> Factory:
+    return lambda: SqliteStorage(directory / "db")
+
+
+def postgres_store(request: pytest.FixtureRequest, directory: Path) -> Factory:
+    dsn = request.getfixturevalue("pg_dsn")
+    return lambda: PostgresStorage(dsn)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Factory]] = {
+    "sqlite": sqlite_store,
+    "postgres": postgres_store,
 }
 
-Factory = Callable[[], Storage]
+
+@pytest.fixture(scope="module")
+def pg_module_database(postgres_server: Any) -> str:
+    return str(postgres_server.new_database())
+
+
+@pytest.fixture()
+def pg_dsn(pg_module_database: str) -> str:
+    """An empty database for this test: the module's, emptied (cheaper than CREATE DATABASE per test)."""
+    import psycopg
+
+    with psycopg.connect(pg_module_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    return pg_module_database
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     """Opens (and migrates) the parametrised backend on this test's store; closes all at teardown."""
     opened: list[Storage] = []
+    make = BACKENDS[request.param](request, tmp_path)
 
     def factory() -> Storage:
-        storage = BACKENDS[request.param](tmp_path)
+        storage = make()
         storage.migrate()
         opened.append(storage)
         return storage
@@ -762,3 +796,429 @@ def test_integrity_check_is_empty_when_healthy(backend: Storage) -> None:
     assert backend.integrity_check() == []
     put_object(backend, "s", versions=("v1", "v2"))
     assert backend.integrity_check() == []
+
+
+def test_an_error_names_no_row_values(backend: Storage) -> None:
+    with backend.write() as tx:
+        tx.principal_put(principal("o1", "tenant-SECRETISH", "client-SECRETISH"))
+    with pytest.raises(StorageError) as caught, backend.write() as tx:
+        tx.principal_put(principal("o2", "tenant-SECRETISH", "client-SECRETISH"))
+    assert "SECRETISH" not in str(caught.value)
+
+
+# --- the change feed ----------------------------------------------------------------------------
+
+
+def test_change_feed_records_the_topics_of_committed_writes(backend: Storage) -> None:
+    seq, topics = backend.changes_since(None)
+    assert topics == set()
+
+    def committed(write: Callable[[Any], object]) -> set[str]:
+        nonlocal seq
+        with backend.write() as tx:
+            write(tx)
+        newer, topics = backend.changes_since(seq)
+        assert newer >= seq
+        assert (newer > seq) == bool(topics)
+        seq = newer
+        return topics
+
+    assert committed(lambda tx: tx.tenant_put(TenantRow("t1", "One", 1))) == {"identity"}
+    assert committed(lambda tx: tx.principal_put(principal("o1"))) == {"identity"}
+    cred = CredentialRow(id="k1", object_id="o1", kind="clientSecret", secret_hash="h", created=1)
+    assert committed(lambda tx: tx.credential_put(cred)) == {"identity"}
+    assert committed(lambda tx: tx.credential_delete("k1")) == {"identity"}
+    assert committed(lambda tx: tx.issuer_put(issuer("i1", "t1", "https://idp.example"))) == {"identity"}
+    assert committed(lambda tx: tx.issuer_delete("i1")) == {"identity"}
+    assert committed(lambda tx: tx.principal_delete("o1")) == {"identity"}
+    role = RoleDefinitionRow(id="r1", scope="/", role_name="Reader", description="", permissions=[],
+                             assignable_scopes=["/"], created=1, updated=1)
+    assert committed(lambda tx: tx.role_definition_put(role)) == {"access"}
+    assignment = RoleAssignmentRow(id="a1", scope="/", role_definition_id="r1", principal_id="o1", created=1)
+    assert committed(lambda tx: tx.role_assignment_put(assignment)) == {"access"}
+    assert committed(lambda tx: tx.role_assignment_delete("a1")) == {"access"}
+    assert committed(lambda tx: tx.role_definition_delete("r1")) == {"access"}
+    assert committed(lambda tx: tx.vault_put(vault_row("vault1"))) == {"vault", "access"}
+    assert committed(lambda tx: tx.meta_put("signing-key", b"\x01")) == {"meta"}
+    # objects and versions are not cached across processes: they add nothing
+    assert committed(lambda tx: (tx.version_put(version_row("s", "v1")),
+                                 tx.object_put(ObjectRow(vault="vault1", kind="secret", name="s", latest="v1")),
+                                 tx.object_purge("vault1", "secret", "s"))) == set()
+    assert committed(lambda tx: None) == set()
+    assert committed(lambda tx: (tx.meta_put("x", b"1"), tx.principal_put(principal("o2")),
+                                 tx.vault_delete("vault1"))) == {"meta", "identity", "vault", "access"}
+    # a read transaction adds nothing, whatever it does
+    with backend.read() as tx:
+        tx.vault_list()
+    assert backend.changes_since(seq) == (seq, set())
+    # nor does a rolled-back write
+    with pytest.raises(Boom), backend.write() as tx:
+        tx.meta_put("y", b"1")
+        tx.tenant_put(TenantRow("t2", "Two", 1))
+        raise Boom()
+    assert backend.changes_since(seq) == (seq, set())
+    # a watcher starting now starts after everything above
+    assert backend.changes_since(None) == (seq, set())
+
+
+def test_change_feed_is_seen_by_another_instance(open_backend: Factory) -> None:
+    writer, watcher = open_backend(), open_backend()
+    start, _ = watcher.changes_since(None)
+    with writer.write() as tx:
+        tx.principal_put(principal("o1"))
+    with writer.write() as tx:
+        tx.role_assignment_put(RoleAssignmentRow(id="a1", scope="/", role_definition_id="r", principal_id="o1",
+                                                 created=1))
+    seq, topics = watcher.changes_since(start)
+    assert seq > start and topics == {"identity", "access"}
+    assert watcher.changes_since(seq) == (seq, set())
+    assert watcher.changes_since(None) == (seq, set())
+
+
+# --- leadership ---------------------------------------------------------------------------------
+
+
+def test_leadership_is_exclusive_and_passes_on_when_the_holder_closes(open_backend: Factory) -> None:
+    first, second = open_backend(), open_backend()
+    assert first.hold_leadership() is True
+    assert first.hold_leadership() is True  # staying leader
+    assert second.hold_leadership() is False
+    assert first.hold_leadership() is True
+    assert second.hold_leadership() is False
+    first.close()  # the holder stops: the lead passes on
+    assert second.hold_leadership() is True
+    assert second.hold_leadership() is True
+    third = open_backend()
+    assert third.hold_leadership() is False
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+def test_concurrent_migrate_applies_each_migration_once(open_backend: Factory, request: pytest.FixtureRequest,
+                                                        tmp_path: Path) -> None:
+    """Several nodes (here: threads, each with its own storage object and connection) start together on an empty
+    store."""
+    make = BACKENDS[request.node.callspec.params["open_backend"]](request, tmp_path / "concurrent")
+    (tmp_path / "concurrent").mkdir()
+    stores = [make() for _ in range(6)]
+    start = threading.Barrier(len(stores))
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run(storage: Storage) -> None:
+        try:
+            start.wait(10)
+            results.append(storage.migrate())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert errors == []  # a migration applied twice fails (the table exists; schema_version's key)
+        assert len(results) == len(stores) and len(set(results)) == 1 and results[0] >= 1
+        for storage in stores:
+            assert storage.integrity_check() == []
+        with stores[0].write() as tx:
+            tx.meta_put("k", b"v")
+        with stores[-1].read() as tx:
+            assert tx.meta_get("k") == b"v"
+    finally:
+        for storage in stores:
+            storage.close()
+
+
+# --- whole-installation copy (`coffer operator migrate`) ------------------------------------------
+
+
+def fill_every_table(storage: Storage) -> None:
+    """At least two rows in every table of TABLES, with every optional column both set and empty, names whose
+    bytewise and dictionary orders differ, binary blobs, and non-ASCII text."""
+    with storage.write() as tx:
+        tx.meta_put("root-key", bytes(range(256)))
+        tx.meta_put("a-b", b"")
+        tx.meta_put("ab", b"\x00")
+        tx.tenant_put(TenantRow("t1", "Tenant Ünïcode 秘密", 1))
+        tx.tenant_put(TenantRow("T2", "Second", 2))
+        tx.vault_put(vault_row("vault1", access_policies=[{"tenantId": "t1", "objectId": "o1",
+                                                           "permissions": {"secrets": ["get"]}}]))
+        tx.vault_put(vault_row("a-vault", purge_protection=True, rbac_authorization=False, wrapped_key=b"\x00\xff",
+                               key_term=2**32 - 1, sku="premium"))
+        tx.principal_put(principal("o1", "t1", "c1", "Zed"))
+        tx.principal_put(principal("O-2", "T2", "c1", "alpha", kind="managedIdentity"))
+        tx.credential_put(CredentialRow(id="k1", object_id="o1", kind="clientSecret", secret_hash="$scrypt$x",
+                                        created=1, expires=2**40))
+        tx.credential_put(CredentialRow(id="k-2", object_id="O-2", kind="certificate", secret_hash="", created=2,
+                                        lookup="AB12", data={"pem": "-----BEGIN-----", "n": [1, 2.5, None]}))
+        tx.issuer_put(issuer("i1", "t1", "https://idp.example"))
+        tx.issuer_put(issuer("i-2", "T2", "https://other.example", audience=None))
+        tx.role_definition_put(RoleDefinitionRow(id="r1", scope="/", role_name="Custom", description="d",
+                                                 permissions=[{"dataActions": ["x/*"]}], assignable_scopes=["/"],
+                                                 created=1, updated=2))
+        tx.role_definition_put(RoleDefinitionRow(id="R-2", scope="/vaults/vault1", role_name="Other",
+                                                 description="", permissions=[], assignable_scopes=[],
+                                                 created=3, updated=3))
+        tx.role_assignment_put(RoleAssignmentRow(id="a1", scope="/vaults/vault1", role_definition_id="r1",
+                                                 principal_id="o1", created=1))
+        tx.role_assignment_put(RoleAssignmentRow(id="a-2", scope="/", role_definition_id="r-2",
+                                                 principal_id="O-2", created=2))
+        for name in ("Secret-B", "secret_a", "secret-a", "SecretA"):
+            tx.version_put(version_row(name, "v1", tags={"env": "prod", "ünï": "秘"}, content_type="text/plain",
+                                       nbf=1, exp=2**40, kid="https://v/keys/k/1", managed=True,
+                                       extra={"k": {"nested": [1]}}, enabled=False))
+            tx.version_put(version_row(name, "v2", tags={}))
+            tx.object_put(ObjectRow(vault="vault1", kind="secret", name=name, latest="v2",
+                                    data={"rotation": {"expiryTime": "P90D"}}))
+        tx.object_put(ObjectRow(vault="a-vault", kind="key", name="gone", latest=None, deleted=5, purge_at=9))
+
+
+def export_all(storage: Storage) -> dict[str, list[dict[str, Any]]]:
+    return {table: list(storage.export_table(table)) for table in TABLES}
+
+
+def copy_all(source: Storage, target: Storage) -> None:
+    for table in TABLES:
+        count = target.import_table(table, source.export_table(table))
+        assert count == len(list(source.export_table(table)))
+
+
+def test_export_import_round_trip_sqlite_postgres_sqlite(tmp_path: Path, postgres_server: Any) -> None:
+    first = SqliteStorage(tmp_path / "first.db")
+    middle = PostgresStorage(postgres_server.new_database())
+    last = SqliteStorage(tmp_path / "last.db")
+    back = PostgresStorage(postgres_server.new_database())
+    stores = (first, middle, last, back)
+    try:
+        for storage in stores:
+            storage.migrate()
+        fill_every_table(first)
+        original = export_all(first)
+        assert all(len(rows) >= 2 for rows in original.values()), {t: len(r) for t, r in original.items()}
+        for row in original["versions"]:  # backend-neutral values only
+            assert all(v is None or type(v) in (int, str, bytes) for v in row.values()), row
+        copy_all(first, middle)
+        assert export_all(middle) == original  # same rows, same values, same (primary key) order
+        copy_all(middle, last)
+        assert export_all(last) == original
+        copy_all(last, back)
+        assert export_all(back) == original
+        # and the copies answer through the Transaction API exactly like the original
+        for storage in stores:
+            with storage.read() as tx:
+                vault = tx.vault_get("vault1")
+                assert vault is not None and vault.access_policies[0]["objectId"] == "o1"
+                other = tx.vault_get("a-vault")
+                assert other is not None and (other.purge_protection, other.rbac_authorization) == (True, False)
+                assert other.key_term == 2**32 - 1
+                assert [o.name for o in tx.object_list("vault1", "secret", deleted=False, after=None, limit=10)] == [
+                    "secret-a", "Secret-B", "secret_a", "SecretA"]  # bytewise: "-" < "_" < "a"
+                got = tx.version_get("vault1", "secret", "secret-a", "v1")
+                assert got is not None and got.tags == {"env": "prod", "ünï": "秘"} and got.enabled is False
+                assert got.extra == {"k": {"nested": [1]}}
+                assert tx.meta_get("root-key") == bytes(range(256))
+                cred = tx.credential_get("k-2")
+                assert cred is not None and cred.data == {"pem": "-----BEGIN-----", "n": [1, 2.5, None]}
+                latest = tx.latest_versions("vault1", "secret", tx.object_list("vault1", "secret", deleted=False,
+                                                                                after=None, limit=10))
+                assert {k: v.version for k, v in latest.items()} == {
+                    "secret-b": "v2", "secret_a": "v2", "secret-a": "v2", "secreta": "v2"}
+        for storage in stores:  # every copy takes new versions where the original left off
+            with storage.write() as tx:
+                row = version_row("secret-a", "v3")
+                tx.version_put(row)
+            assert row.seq == 3
+    finally:
+        for storage in stores:
+            storage.close()
+
+
+def test_import_rejects_unknown_tables(backend: Storage) -> None:
+    with pytest.raises(ValueError):
+        list(backend.export_table("changes"))
+    with pytest.raises(ValueError):
+        backend.import_table("sqlite_master", [])
+
+
+# --- PostgreSQL only --------------------------------------------------------------------------------
+
+
+def test_postgres_wait_for_changes_wakes_on_another_instances_commit(pg_dsn: str) -> None:
+    watcher, writer = PostgresStorage(pg_dsn), PostgresStorage(pg_dsn)
+    try:
+        watcher.migrate()
+        seq, _ = watcher.changes_since(None)
+        watcher.wait_for_changes(0)  # starts listening (returns at once: it may have missed something)
+        # nothing committed: waits out the timeout
+        started = time.monotonic()
+        watcher.wait_for_changes(0.3)
+        assert 0.25 <= time.monotonic() - started < 2
+        # a write that touches nothing cached sends nothing
+        put_object(writer, "plain")
+        started = time.monotonic()
+        watcher.wait_for_changes(0.3)
+        assert 0.25 <= time.monotonic() - started < 2
+
+        def commit_later() -> None:
+            time.sleep(0.2)
+            with writer.write() as tx:
+                tx.principal_put(principal("o1"))
+
+        thread = threading.Thread(target=commit_later)
+        started = time.monotonic()
+        thread.start()
+        watcher.wait_for_changes(10)
+        elapsed = time.monotonic() - started
+        thread.join()
+        assert elapsed < 1.0, f"woken after {elapsed:.2f}s"
+        assert watcher.changes_since(seq)[1] == {"identity"}
+        # a rolled-back write notifies nobody
+        with pytest.raises(Boom), writer.write() as tx:
+            tx.meta_put("x", b"1")
+            raise Boom()
+        started = time.monotonic()
+        watcher.wait_for_changes(0.3)
+        assert time.monotonic() - started >= 0.25
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def terminate(dsn: str, where: str) -> int:
+    """pg_terminate_backend the other sessions of the database that match `where` (as a node dying or a network
+    cut would end them); returns how many."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            f"WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND ({where})"
+        ).fetchall()
+    return len(rows)
+
+
+def test_postgres_wait_for_changes_survives_a_broken_connection(pg_dsn: str) -> None:
+    watcher, writer = PostgresStorage(pg_dsn), PostgresStorage(pg_dsn)
+    try:
+        watcher.migrate()
+        watcher.wait_for_changes(0)
+        assert terminate(pg_dsn, "a.query LIKE 'LISTEN%'") == 1
+        started = time.monotonic()
+        watcher.wait_for_changes(0.3)  # notices the broken connection, sleeps out the timeout, raises nothing
+        assert 0.25 <= time.monotonic() - started < 2
+        started = time.monotonic()
+        watcher.wait_for_changes(5)  # reconnects: returns at once
+        assert time.monotonic() - started < 2
+
+        def commit_later() -> None:
+            time.sleep(0.2)
+            with writer.write() as tx:
+                tx.meta_put("m", b"1")
+
+        thread = threading.Thread(target=commit_later)
+        started = time.monotonic()
+        thread.start()
+        watcher.wait_for_changes(10)
+        thread.join()
+        assert time.monotonic() - started < 1.0
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def test_postgres_leadership_moves_when_the_leaders_session_dies(pg_dsn: str) -> None:
+    first, second = PostgresStorage(pg_dsn), PostgresStorage(pg_dsn)
+    try:
+        first.migrate()
+        assert first.hold_leadership() is True
+        assert second.hold_leadership() is False
+        assert terminate(pg_dsn, "a.pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)") == 1
+        deadline = time.monotonic() + 10  # the terminated session ends (and its lock goes) a moment later
+        while not second.hold_leadership():  # PostgreSQL released the dead session's lock
+            assert time.monotonic() < deadline, "the lock of a terminated session was not released"
+            time.sleep(0.05)
+        assert first.hold_leadership() is False  # finds its connection broken, tries again, and loses
+        second.close()
+        assert first.hold_leadership() is True
+    finally:
+        first.close()
+        second.close()
+
+
+def test_postgres_write_transactions_are_serialized_and_reads_never_wait(pg_dsn: str) -> None:
+    storage = PostgresStorage(pg_dsn)
+    try:
+        storage.migrate()
+        with storage.write() as tx:
+            tx.meta_put("counter", b"0")
+        inside = threading.Event()
+        release = threading.Event()
+
+        def slow_writer() -> None:
+            with storage.write() as tx:
+                inside.set()
+                release.wait(10)
+                tx.meta_put("counter", b"1")
+
+        thread = threading.Thread(target=slow_writer)
+        thread.start()
+        assert inside.wait(10)
+        started = time.monotonic()
+        with storage.read() as tx:  # a read does not wait for the writer
+            assert tx.meta_get("counter") == b"0"
+        assert time.monotonic() - started < 0.5
+        order: list[str] = []
+
+        def second_writer() -> None:
+            with storage.write() as tx:  # waits for the first writer, then sees its commit
+                order.append(tx.meta_get("counter") or b"?")  # type: ignore[arg-type]
+                tx.meta_put("counter", b"2")
+
+        other = threading.Thread(target=second_writer)
+        other.start()
+        time.sleep(0.3)
+        assert order == []  # still waiting for the write lock
+        release.set()
+        thread.join(10)
+        other.join(10)
+        assert order == [b"1"]
+        with storage.read() as tx:
+            assert tx.meta_get("counter") == b"2"
+    finally:
+        storage.close()
+
+
+def test_postgres_a_swallowed_error_aborts_the_whole_transaction(pg_dsn: str) -> None:
+    """PostgreSQL aborts a transaction at its first failed statement (SQLite only fails the statement): if code
+    inside the block caught that error and carried on, the write must fail, never report a commit it did not do."""
+    storage = PostgresStorage(pg_dsn)
+    try:
+        storage.migrate()
+        with storage.write() as tx:
+            tx.principal_put(principal("o1", "t1", "c1"))
+        with pytest.raises(StorageError), storage.write() as tx:
+            tx.meta_put("before", b"1")
+            with contextlib.suppress(Exception):
+                tx.principal_put(principal("o2", "t1", "c1"))
+        with storage.read() as tx:
+            assert tx.meta_get("before") is None
+        assert storage.changes_since(None)[0] == 1  # only the first write's entry
+    finally:
+        storage.close()
+
+
+def test_postgres_storage_error_when_the_database_is_away(postgres_server: Any) -> None:
+    storage = PostgresStorage(postgres_server.dsn("no_such_database"), pool_timeout=1)
+    try:
+        with pytest.raises(StorageError, match="no_such_database"), storage.read():
+            pass
+        problems = storage.integrity_check()
+        assert len(problems) == 1 and "no_such_database" in problems[0]
+        storage.wait_for_changes(0.1)  # raises nothing
+        assert storage.hold_leadership() is False
+    finally:
+        storage.close()
+    assert "secret-password" not in repr(PostgresStorage("postgresql://u:secret-password@127.0.0.1:1/db"))

@@ -26,7 +26,6 @@ from coffer.authz import roles
 from coffer.clock import now
 from coffer.identity import principals
 from coffer.storage import RoleAssignmentRow
-from coffer.storage.sqlite import SqliteStorage
 from tests.e2e.helpers import release_connections, run_cli
 from tests.support.server import DevServer
 
@@ -563,7 +562,7 @@ def test_access_api_shapes_and_tenant_isolation(fresh_server: DevServer) -> None
 
     # a second tenant whose administrator holds Key Vault Administrator at / (written while stopped)
     server.stop()
-    storage = SqliteStorage(server.data_dir / "coffer.db")
+    storage = server.open_storage()  # SQLite or PostgreSQL, as the server
     try:
         with storage.write() as tx:
             other_tenant = principals.create_tenant(tx, "Other")

@@ -14,7 +14,7 @@ import orjson
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import ManagedIdentityCredential
 
-from tests.e2e.helpers import files_under, identity_env, secret_client
+from tests.e2e.helpers import identity_env, secret_client
 from tests.support.server import DevServer
 
 
@@ -111,20 +111,26 @@ def test_no_secret_value_or_token_reaches_the_data_directory(fresh_server: DevSe
         token_needles[f"token{i}"] = bearer.encode()
         token_needles[f"token{i}-signature"] = bearer.rsplit(".", 1)[1].encode()
 
-    # 1. the files exactly as a crash leaves them (WAL and shared memory included)
+    # 1. the files exactly as a crash leaves them (WAL and shared memory included); on PostgreSQL also the
+    # cluster's files of the server's database: the WAL written meanwhile, the database's files, the server log
     server.kill()
-    crashed = {str(p): p.read_bytes() for p in files_under(server.data_dir)}
-    assert any(p.endswith("coffer.db-wal") for p in crashed), sorted(crashed)
+    crashed = {str(p): p.read_bytes() for p in server.stored_files()}
+    wal = "/pg_wal/" if server.on_postgres else "coffer.db-wal"
+    assert any(wal in p for p in crashed), sorted(crashed)
     assert find_leaks(crashed, {**needles, **token_needles}) == []
 
     # 2. after a clean stop (checkpointed database), plus the server's own output
     server.restart()
     assert server.stop() == 0
-    stopped = {str(p): p.read_bytes() for p in files_under(server.data_dir)}
+    stopped = {str(p): p.read_bytes() for p in server.stored_files()}
     stopped["<server output>"] = "".join(server.output).encode()
-    assert {"coffer.db", "audit.log", "ca.pem", "server.key"} <= {p.rsplit("/", 1)[-1] for p in stopped}
+    database = set() if server.on_postgres else {"coffer.db"}
+    assert {*database, "audit.log", "ca.pem", "server.key"} <= {p.rsplit("/", 1)[-1] for p in stopped}
     assert find_leaks(stopped, {**needles, **token_needles}) == []
-    # positive control: the scan does see a credential where it is kept on purpose (dev.env)
+    # positive control: the scan does read the database, where tags are kept in the clear on purpose
+    tag_hits = find_leaks(stopped, {"tag": b'"payments"'})
+    assert any(wal in hit or "coffer.db" in hit or "/base/" in hit for hit in tag_hits), "not reading the database?"
+    # positive control: the scan does see a credential where it is kept on purpose (dev.env), and only there
     assert find_leaks(stopped, {"identity-header": identity_header.encode()}) == [
         f"identity-header as raw in {server.data_dir / 'dev.env'}"]
 

@@ -24,7 +24,6 @@ from cryptography.x509.oid import NameOID
 from coffer.authz import roles
 from coffer.identity import principals
 from coffer.storage import RoleAssignmentRow
-from coffer.storage.sqlite import SqliteStorage
 from tests.e2e.helpers import run_cli
 from tests.support.server import DevServer
 
@@ -374,7 +373,7 @@ def test_other_tenants_are_invisible(fresh_server: DevServer) -> None:
 
     # a second tenant and its administrator, written while the server is stopped (no tenant API yet)
     server.stop()
-    storage = SqliteStorage(server.data_dir / "coffer.db")
+    storage = server.open_storage()  # SQLite or PostgreSQL, as the server
     try:
         with storage.write() as tx:
             other_tenant = principals.create_tenant(tx, "Other")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +39,15 @@ def test_purge_job_purges_only_what_is_due(purging_server: DevServer, tmp_path: 
 
     # we cannot wait a week: move one scheduledPurgeDate into the past while the server is down
     assert server.stop() == 0
-    conn = sqlite3.connect(server.data_dir / "coffer.db")
-    with conn:
-        changed = conn.execute("UPDATE objects SET purge_at = deleted - 1 WHERE vault = 'weekvault' "
-                               "AND name_key = 'due-soon'").rowcount
-    conn.close()
-    assert changed == 1
+    storage = server.open_storage()  # SQLite or PostgreSQL, as the server
+    try:
+        with storage.write() as tx:
+            due = tx.object_get("weekvault", "secret", "due-soon")
+            assert due is not None and due.deleted is not None
+            due.purge_at = due.deleted - 1
+            tx.object_put(due)
+    finally:
+        storage.close()
     server.restart()
 
     with identity_env(server):

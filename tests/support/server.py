@@ -7,9 +7,30 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tests.support import postgres
+
+if TYPE_CHECKING:
+    from coffer.storage import Storage
+
+
+_databases: dict[Path, str] = {}
+_databases_lock = threading.Lock()
+
+
+def _database_for(data_dir: Path) -> str:
+    """With COFFER_TEST_STORAGE=postgres: the database of the installation in `data_dir`, a fresh one the first time
+    (servers started on the same data directory, one after the other or side by side, share it)."""
+    key = data_dir.resolve()
+    with _databases_lock:
+        if key not in _databases:
+            _databases[key] = postgres.shared_server().new_database()
+        return _databases[key]
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -32,6 +53,12 @@ class DevServer:
     env: dict[str, str] = field(default_factory=dict)
     server_env: dict[str, str] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
+    # COFFER_DATABASE_URL of the server: with COFFER_TEST_STORAGE=postgres, a fresh database of the session's
+    # throwaway PostgreSQL per data directory, kept across restarts (the data directory still holds the TLS files,
+    # audit log and dev unseal key). None: SQLite in the data directory.
+    database_url: str | None = None
+    first_started: float | None = None  # time.time() before the first start
+    sqlite: bool = False  # SQLite in the data directory even with COFFER_TEST_STORAGE=postgres
 
     @property
     def vault_url(self) -> str:
@@ -53,11 +80,45 @@ class DevServer:
         merged.update(self.env)
         return merged
 
+    @property
+    def on_postgres(self) -> bool:
+        return self.database_url is not None
+
+    def open_storage(self) -> Storage:
+        """The server's storage, opened (not migrated) by this test process: its PostgreSQL database, or its SQLite
+        file. Close it when done."""
+        if self.database_url is not None:
+            from coffer.storage.postgres import PostgresStorage
+
+            return PostgresStorage(self.database_url)
+        from coffer.storage.sqlite import SqliteStorage
+
+        return SqliteStorage(self.data_dir / "coffer.db")
+
+    def stored_files(self) -> list[Path]:
+        """Every file that can hold what this server stored: its data directory and, on PostgreSQL, its database's
+        files in the cluster (the WAL written since the server first started, the database's files, the log)."""
+        files = sorted(p for p in self.data_dir.rglob("*") if p.is_file())
+        if self.database_url is not None:
+            assert self.first_started is not None
+            files += postgres.shared_server().files_of(self.database_url, self.first_started)
+        return files
+
     def start(self, timeout: float = 60) -> DevServer:
+        if self.first_started is None:
+            self.first_started = time.time() - 2  # file times can be coarser than time.time()
+        if "COFFER_DATABASE_URL" in self.server_env:
+            self.database_url = self.server_env["COFFER_DATABASE_URL"]
+        elif self.database_url is None and postgres.storage_kind() == "postgres" and not self.sqlite:
+            self.database_url = _database_for(self.data_dir)
+        env = {**os.environ, **self.server_env}
+        env.pop("COFFER_DATABASE_URL", None)  # never a database of the machine's environment
+        if self.database_url is not None:
+            env["COFFER_DATABASE_URL"] = self.database_url
         cmd = [sys.executable, "-m", "coffer", "server", "--dev", "--data-dir", str(self.data_dir),
                "--port", str(self.port), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, env={**os.environ, **self.server_env})
+                                     start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
@@ -72,8 +133,6 @@ class DevServer:
         self.env = read_env_file(self.data_dir / "dev.env")
         self.port = int(self.env["AZURE_AUTHORITY_HOST"].rsplit(":", 1)[1])
         # drain the rest of the output in the background so the pipe never fills
-        import threading
-
         threading.Thread(target=self._drain, daemon=True).start()
         return self
 

@@ -480,14 +480,17 @@ class _SqliteTransaction(Transaction):
         wanted = [(o.name.lower(), o.latest) for o in objects if o.latest]
         if not wanted:
             return {}
-        clause = " OR ".join(["(name_key = ? AND version = ?)"] * len(wanted))
-        args: list[Any] = [vault.lower(), kind]
-        for name_key, version in wanted:
-            args += [name_key, version]
+        # a join on the wanted (name, version) pairs: one primary-key lookup each, whatever the vault's size
+        values = ", ".join(["(?, ?)"] * len(wanted))
+        columns = ", ".join(f"v.{c.strip()}" for c in _VERSION_COLUMNS.split(","))
+        args: list[Any] = [value for pair in wanted for value in pair]
         rows = self._all(
-            f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
-            f"WHERE vault = ? AND kind = ? AND ({clause})",
+            f"WITH wanted(name_key, version) AS (VALUES {values}) "  # noqa: S608
+            f"SELECT {columns} FROM wanted CROSS JOIN versions v "
+            "ON v.vault = ? AND v.kind = ? AND v.name_key = wanted.name_key AND v.version = wanted.version",
             *args,
+            vault.lower(),
+            kind,
         )
         return {r["name"].lower(): _version(r) for r in rows}
 
@@ -529,6 +532,7 @@ class SqliteStorage(Storage):
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._leader_file: BinaryIO | None = None
+        self._write_lock = threading.RLock()
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -578,6 +582,12 @@ class SqliteStorage(Storage):
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
+        # One writer at a time in this process: threads queue on a lock instead of sleeping in SQLite's busy
+        # handler (which backs off up to 100 ms); other processes still wait through busy_timeout.
+        with self._write_lock:
+            yield from self._write()
+
+    def _write(self) -> Iterator[Transaction]:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
