@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,18 @@ from coffer.barrier.hsm_seal import HsmSeal
 from coffer.clock import now
 from coffer.config import Config
 from coffer.core import Pipeline
+from coffer.core.throttle import Limits, RequestThrottle
 from coffer.crypto import pkcs11, signing, tls
 from coffer.crypto.software import SoftwareBackend
 from coffer.errors import CofferError
 from coffer.identity import principals
+from coffer.identity.external import JwksCache
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
 from coffer.objects import certificate, key, vault
 from coffer.storage import RoleAssignmentRow, Storage, Transaction
 from coffer.storage.base import ACCESS, IDENTITY, META, VAULT
+from coffer.storage.postgres import PostgresStorage
 from coffer.storage.sqlite import SqliteStorage
 
 log = logging.getLogger("coffer")
@@ -55,19 +59,29 @@ class Coffer:
     def __init__(self, config: Config, storage: Storage | None = None) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.storage = storage or SqliteStorage(config.database_path)
+        self.storage = storage or (
+            PostgresStorage(config.database_url) if config.database_url else SqliteStorage(config.database_path)
+        )
         self.storage.migrate()
         # Where this process starts following the change feed: before it loads anything it caches.
         self._change_seq, _ = self.storage.changes_since(None)
         self.job_leader = False  # this process runs the background jobs (see run_jobs_if_leader)
         self.barrier = Barrier(self.storage)
-        self.tokens = TokenService(self.authority, self.resource, config.token_lifetime_seconds)
+        self.tokens = TokenService(
+            self.authority, self.resource, config.token_lifetime_seconds, JwksCache(ca_files=config.trusted_ca_files)
+        )
         self.tokens.reload_keys = self._load_signing_keys
         self.identity_index = IdentityIndex()
         self.authorizer = Authorizer()
         self.audit = AuditLog(config.audit_path)
         self.pipeline = Pipeline(
-            self.storage, self.barrier, self.tokens, self.identity_index, self.authorizer, self.audit
+            self.storage,
+            self.barrier,
+            self.tokens,
+            self.identity_index,
+            self.authorizer,
+            self.audit,
+            RequestThrottle(Limits(config.throttle_vault, config.throttle_vault_creates, config.throttle_principal)),
         )
         # The PKCS#11 token (COFFER_PKCS11_*): HSM keys and auto-unseal; None when no HSM is configured.
         self.hsm_backend = pkcs11.from_config(config)
@@ -77,6 +91,10 @@ class Coffer:
         self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()
         self.tls_reloader: Any = None  # set by the server: a callable that reloads certificate files
+        # Set by a worker process: tells its siblings (through the supervisor) that this one unsealed or sealed.
+        self.on_unsealed: Callable[[bytes], None] | None = None
+        self.on_sealed: Callable[[], None] | None = None
+        self.on_share: Callable[[str], None] | None = None
 
     # --- addressing ---------------------------------------------------------------------------
     @property
@@ -147,10 +165,15 @@ class Coffer:
     def vault_removed(self, name: str) -> None:
         self._tenants.pop(name.lower(), None)
 
+    @property
+    def _tls_lists_vaults(self) -> bool:
+        """The local CA's certificate names every vault host (a one-label DNS suffix, where wildcards fail)."""
+        return not self.config.tls_cert and "." not in self.config.dns_suffix
+
     async def vault_added(self, name: str) -> None:
         """A new vault host may need a new certificate name (dev CA with a one-label suffix)."""
         self._tenants.pop(name.lower(), None)
-        if self.config.tls_cert or "." in self.config.dns_suffix:
+        if not self._tls_lists_vaults:
             return
         import anyio.to_thread
 
@@ -170,6 +193,8 @@ class Coffer:
         self._load_signing_keys()
         self.identity_changed()
         self.access_changed()
+        if self.on_unsealed is not None:
+            self.on_unsealed(self.barrier.root_key())
 
     def _store_signing_keys(self, tx: Transaction, keys: list[SigningKey]) -> None:
         document = [{"kid": k.kid, "pem": k.pem.decode("ascii"), "created": k.created} for k in keys]
@@ -257,8 +282,10 @@ class Coffer:
             **({} if hsm_sealed is None else {"hsmAutoUnseal": hsm_sealed}),
         }
 
-    def submit_share(self, share: str) -> SealStatus:
+    def submit_share(self, share: str, *, from_sibling: bool = False) -> SealStatus:
         status = self.barrier.submit_share(share)
+        if status.sealed and not from_sibling and self.on_share is not None:
+            self.on_share(share)  # the next share may reach another worker process
         if not status.sealed and not self.tokens.kid:
             self._after_unseal()
             if self.hsm_seal is not None:  # HSM configured after init, or its key lost: seal the root key anew
@@ -287,6 +314,24 @@ class Coffer:
         self._after_unseal()
 
     def seal(self) -> None:
+        self.barrier.seal()
+        self.tokens.unload()
+        if self.on_sealed is not None:
+            self.on_sealed()
+
+    def unseal_as_sibling(self, root: bytes) -> None:
+        """Another worker process of this node unsealed: unseal with its root key (checked against the stored
+        verifier), without telling the siblings again."""
+        if not self.barrier.sealed:
+            return
+        self.barrier.unseal_with_root_key(root)
+        announce, self.on_unsealed = self.on_unsealed, None
+        try:
+            self._after_unseal()
+        finally:
+            self.on_unsealed = announce
+
+    def seal_as_sibling(self) -> None:
         self.barrier.seal()
         self.tokens.unload()
 
@@ -381,6 +426,8 @@ class Coffer:
         """Drop or reload what this process caches about what changed."""
         if VAULT in topics:
             self._tenants.clear()
+            if self._tls_lists_vaults and self.tls_reloader is not None:  # another process added a vault host
+                self.tls_reloader(self.tls_files())
         if self.barrier.sealed:  # nothing else is loaded; unsealing loads it fresh
             return
         if META in topics:
@@ -418,8 +465,10 @@ class Coffer:
             due = tx.objects_due_for_purge(now, limit)
             for obj in due:
                 vault_row = tx.vault_get(obj.vault)
-                if obj.kind == key.KIND and vault_row is not None:  # HSM keys leave the token too
+                if vault_row is not None and obj.kind == key.KIND:  # HSM keys leave the token too
                     key.destroy_versions(VaultView(tx, self.barrier, vault_row), self.key_backends, obj)
+                elif vault_row is not None and obj.kind == certificate.KIND:  # an unmerged pending operation's key
+                    certificate.release_hsm_objects(VaultView(tx, self.barrier, vault_row), self.key_backends, obj)
                 tx.object_purge(obj.vault, obj.kind, obj.name)
                 self._audit_job(
                     f"{obj.kind.capitalize()}Purge",
@@ -501,6 +550,9 @@ class Coffer:
                                 issued = certificate.renew(view, self.key_backends, obj.name, vault_url=vault_url)
                             except CofferError as error:  # e.g. the internal CA was removed: retry next run
                                 log.warning("auto-renew of certificate %s failed: %s", cid, error)
+                                continue
+                            except Exception as error:  # e.g. the HSM is unreachable: the others still renew
+                                log.warning("auto-renew of certificate %s failed (%s)", cid, type(error).__name__)
                                 continue
                             renewed = view.object_get(certificate.KIND, obj.name) or obj  # create rewrote it
                             renewal = {"from": version, "version": issued.row.version if issued else None, "at": at}

@@ -22,16 +22,29 @@ class Config:
     # Serve the IMDS managed-identity protocol to callers on this host (on by default with --dev).
     imds: bool = False
     purge_interval_seconds: float = 60.0
+    # Data-plane service limits: transactions per vault per 10 s (all; secret sets + imports), and per principal per
+    # vault; 0 = no limit. Key Vault's numbers by default.
+    throttle_vault: int = 4000
+    throttle_vault_creates: int = 300
+    throttle_principal: int = 2000
+    # Worker processes serving requests (each with its own event loop; they share the listening sockets).
+    workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
     token_lifetime_seconds: int = 3600
     token_key_rotation_days: float = 30.0
     extra_hostnames: tuple[str, ...] = field(default_factory=tuple)
+    # Private CAs trusted (beside the system store) when fetching external issuers' JWKS: SSL_CERT_FILE and
+    # REQUESTS_CA_BUNDLE, as other programs read them.
+    trusted_ca_files: tuple[Path, ...] = field(default_factory=tuple)
     # PKCS#11 HSM (RSA-HSM / EC-HSM / oct-HSM keys and auto-unseal): the module (shared library), the label of
     # the token, and the user PIN, either in a file (first line) or given directly. Never on the command line.
     pkcs11_module: Path | None = None
     pkcs11_token: str | None = None
     pkcs11_pin_file: Path | None = None
     pkcs11_pin: str | None = field(default=None, repr=False)
+    # PostgreSQL instead of SQLite (postgresql://user:password@host:port/db, or ?host=/socket/dir): several processes
+    # and nodes share it. None: SQLite in data_dir. Never printed (it may hold a password).
+    database_url: str | None = field(default=None, repr=False)
 
     @property
     def database_path(self) -> Path:
@@ -84,8 +97,24 @@ def from_environment(**overrides: object) -> Config:
         values["imds"] = env["COFFER_IMDS"].lower() in ("1", "true", "yes")
     if "COFFER_PURGE_INTERVAL" in env:
         values["purge_interval_seconds"] = float(env["COFFER_PURGE_INTERVAL"])
+    if env.get("COFFER_DATABASE_URL"):
+        values["database_url"] = env["COFFER_DATABASE_URL"]
+    for name, key in (
+        ("COFFER_THROTTLE_VAULT", "throttle_vault"),
+        ("COFFER_THROTTLE_VAULT_CREATES", "throttle_vault_creates"),
+        ("COFFER_THROTTLE_PRINCIPAL", "throttle_principal"),
+    ):
+        if name in env:
+            values[key] = int(env[name])
+            if values[key] < 0:  # type: ignore[operator]
+                raise ValueError(f"{name} must be 0 (no limit) or a positive number of requests per 10 seconds")
+    if "COFFER_WORKERS" in env:
+        values["workers"] = int(env["COFFER_WORKERS"])
+    values["trusted_ca_files"] = tuple(Path(env[n]) for n in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE") if env.get(n))
     values.update(_pkcs11_from_environment(env))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if not 1 <= int(values.get("workers", 1)) <= 64:  # type: ignore[call-overload]
+        raise ValueError("COFFER_WORKERS / --workers must be between 1 and 64")
     if values.get("dev") and "imds" not in values:
         values["imds"] = True
     return Config(**values)  # type: ignore[arg-type]

@@ -85,6 +85,15 @@ class Throttled(CofferError):
     status = 429
     code = "Throttled"
 
+    def __init__(
+        self,
+        message: str = "Request was not processed because too many requests were received. "
+        "Reason: VaultRequestTypeLimitReached",
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, sent as Retry-After (the SDKs retry a throttled POST only with it)
+
 
 class Sealed(CofferError):
     status = 503

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import logging
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,7 +19,7 @@ from coffer.api.routes import access, admin, ca, certificates, identity, keys, r
 from coffer.api.routing import Route, resolve
 from coffer.audit import AuditError
 from coffer.core import RequestInfo, Result
-from coffer.errors import CofferError, NotFound, Sealed, Unauthorized
+from coffer.errors import CofferError, NotFound, Sealed, Throttled, Unauthorized
 from coffer.identity.tokens import Caller
 from coffer.storage import StorageError
 
@@ -99,14 +101,19 @@ class Api:
         except CofferError as error:
             return await self._fail(error, request, info, route, vault, caller)
         except (AuditError, StorageError) as error:
-            log.error("request failed closed: %s", error)
+            log.error("request %s failed closed: %s", info.correlation_id or "-", _described(error))
             return self._render(
                 500,
                 CofferError("The request could not be completed durably; nothing was changed. Try again.").envelope(),
                 request,
             )
-        except Exception:
-            log.exception("unexpected error in %s %s", request.method, request.url.path)
+        except Exception as error:
+            log.error(
+                "unexpected error in request %s (%s): %s",
+                info.correlation_id or "-",
+                route.name if route else "-",
+                _described(error),
+            )
             return await self._fail(CofferError("An internal error occurred."), request, info, route, vault, caller)
 
     async def _fail(
@@ -121,11 +128,13 @@ class Api:
         headers: dict[str, str] = {}
         if isinstance(error, Unauthorized):
             headers["www-authenticate"] = self._challenge(vault, claims=error.claims_challenge)
+        if isinstance(error, Throttled) and error.retry_after:
+            headers["retry-after"] = str(error.retry_after)
         try:
             name = route.name if route and route.name else ("Authentication" if error.status == 401 else "Unknown")
             self.pipeline.audit_failure(name, vault, caller, info, error)
         except AuditError as audit_error:
-            log.error("audit failed: %s", audit_error)
+            log.error("audit of request %s failed: %s", info.correlation_id or "-", _described(audit_error))
             error = CofferError("The request could not be audited; it was refused.")
         return self._render(error.status, error.envelope(), request, headers)
 
@@ -160,3 +169,11 @@ class Api:
 
 
 __all__ = ["Api", "Sealed"]
+
+
+def _described(error: BaseException) -> str:
+    """An error for the log without its message (messages of low-level errors can quote data): its type and where it
+    was raised."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{where}"

@@ -71,6 +71,7 @@ def server(
     imds: Annotated[
         bool | None, typer.Option("--imds/--no-imds", help="Serve managed-identity tokens over IMDS to local callers")
     ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1; COFFER_WORKERS)")] = None,
 ) -> None:
     """Run the HTTPS server."""
     from coffer.cli.server import serve
@@ -90,6 +91,7 @@ def server(
             tls_cert=tls_cert,
             tls_key=tls_key,
             imds=imds,
+            workers=workers,
         )
     except ValueError as error:  # a malformed or incomplete COFFER_* variable
         err.print(f"[red]error:[/red] {error}")
@@ -499,6 +501,11 @@ def _ca_table(info: dict[str, Any]) -> None:
         ("subject", info["subject"]),
         ("key", f"{info['keyType']} {info['keySize']} ({'HSM' if info['hsm'] else 'software'})"),
         ("current", f"{current['id']} x5t={current['x5t']}"),
+        *(
+            [("intermediate", f"{info['intermediateSubject']} x5t={current['intermediate']['x5t']}")]
+            if "intermediate" in current
+            else []
+        ),
         ("previous", str(len(info["previous"]))),
         ("publish url", info["url"]),
     ):
@@ -512,6 +519,19 @@ def ca_create(
     name: Annotated[str, typer.Option(help="CA (and certificate issuer) name")] = "coffer-ca",
     subject: Annotated[str | None, typer.Option(help='Subject, e.g. "CN=Corp Root CA"')] = None,
     validity_years: Annotated[int, typer.Option(help="Validity of the CA certificate, years")] = 10,
+    hsm: Annotated[
+        bool | None,
+        typer.Option(
+            "--hsm/--software",
+            help="Where the CA key lives: in the HSM (non-extractable) or in software, sealed by the vault "
+            "(default: the HSM when the vault is premium and the server has an HSM)",
+            show_default=False,
+        ),
+    ] = None,
+    intermediate: Annotated[
+        bool, typer.Option("--intermediate", help="Also an intermediate CA, signed by the root, that signs leaves")
+    ] = False,
+    intermediate_subject: Annotated[str | None, typer.Option(help="Subject of the intermediate CA")] = None,
     output: Annotated[str, typer.Option(help="table or json")] = "table",
     addr: Addr = None,
     ca_cert: CaCert = None,
@@ -521,6 +541,12 @@ def ca_create(
     body: dict[str, Any] = {"validityYears": validity_years}
     if subject:
         body["subject"] = subject
+    if intermediate or intermediate_subject:
+        body["intermediate"] = True
+    if intermediate_subject:
+        body["intermediateSubject"] = intermediate_subject
+    if hsm is not None:
+        body["hsm"] = hsm
     try:
         info = _client(addr, ca_cert, data_dir).call("PUT", f"/admin/vaults/{vault}/ca/{name}", body)
     except ClientError as error:
@@ -556,9 +582,29 @@ def ca_rotate(
     ca_cert: CaCert = None,
     data_dir: DataDir = Path(".coffer"),
 ) -> None:
-    """New CA key and certificate; earlier ones are kept so existing chains still verify."""
+    """New CA key and certificate (same protection); earlier certificates are kept so existing chains still verify,
+    earlier keys are destroyed (HSM keys leave the token)."""
     try:
         info = _client(addr, ca_cert, data_dir).call("POST", f"/admin/vaults/{vault}/ca/{name}/rotate")
+    except ClientError as error:
+        _fail(error)
+        return
+    console.print_json(json.dumps(info)) if output == "json" else _ca_table(info)
+
+
+@ca_app.command("delete")
+def ca_delete(
+    vault: str,
+    name: str,
+    output: Annotated[str, typer.Option(help="table or json")] = "table",
+    addr: Addr = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = Path(".coffer"),
+) -> None:
+    """Delete an internal CA for good: its keys (HSM keys leave the token), certificates and issuer entry.
+    Certificates it issued stay."""
+    try:
+        info = _client(addr, ca_cert, data_dir).call("DELETE", f"/admin/vaults/{vault}/ca/{name}")
     except ClientError as error:
         _fail(error)
         return

@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio.to_thread
 import uvicorn
@@ -106,10 +106,10 @@ def _follow_changes(coffer: Coffer) -> tuple[threading.Thread, threading.Event]:
     return thread, stop
 
 
-async def _announce(server: uvicorn.Server, lines: list[str]) -> None:
+async def _announce(server: uvicorn.Server, announce: Callable[[], None]) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
-    print("\n".join(lines), flush=True)
+    announce()
 
 
 def _hsm_start(coffer: Coffer) -> bool:
@@ -144,7 +144,20 @@ def serve(config: Config) -> None:
     dev_token = config.hsm_configured and not configured
     sockets = _bind(config)
     config = config.with_port(sockets[0].getsockname()[1])
+    if config.workers > 1:
+        from coffer.cli import workers
+
+        workers.supervise(config, sockets, dev_token)
+        return
     coffer = Coffer(config)
+    files, lines = start(coffer, dev_token)
+    run(coffer, sockets, files, announce=lambda: print("\n".join(lines), flush=True))
+
+
+def start(coffer: Coffer, dev_token: bool) -> tuple[tls.TlsFiles, list[str]]:
+    """Bring the installation up in this process: dev (set up or unseal from the key file) or production (HSM
+    auto-unseal when configured). Returns the TLS files and the lines that announce readiness."""
+    config = coffer.config
     lines: list[str] = []
     if config.dev:
         dev = coffer.start_dev()
@@ -167,7 +180,7 @@ def serve(config: Config) -> None:
             )
         elif hsm_unsealed:
             lines.append(f"Unsealed with the HSM (PKCS#11 token '{coffer.config.pkcs11_token}')")
-        else:
+        elif status.sealed:
             lines.append(
                 f"Sealed: run `coffer operator unseal --addr {coffer.authority}` "
                 f"({status.threshold} of {status.shares} shares)"
@@ -175,7 +188,12 @@ def serve(config: Config) -> None:
             if coffer.hsm_seal is not None and coffer.hsm_seal.error:
                 lines.append(f"HSM auto-unseal unavailable: {coffer.hsm_seal.error}")
     lines.append(f"CA certificate: {files.ca_cert} (sha256 {tls.fingerprint_sha256(files.ca_cert)})")
+    return files, lines
 
+
+def run(coffer: Coffer, sockets: list[socket.socket], files: tls.TlsFiles, announce: Callable[[], None]) -> None:
+    """Serve HTTPS on the (already listening) sockets until SIGINT/SIGTERM, with the maintenance loop and the
+    change-feed follower; `announce` is called once the server accepts connections."""
     uv_config = uvicorn.Config(
         coffer.api,
         ssl_certfile=str(files.cert),
@@ -198,13 +216,13 @@ def serve(config: Config) -> None:
     server = _Server(uv_config)
 
     async def main() -> None:
-        purge = asyncio.create_task(_maintenance_loop(coffer))
-        announce = asyncio.create_task(_announce(server, lines))
+        maintenance = asyncio.create_task(_maintenance_loop(coffer))
+        announced = asyncio.create_task(_announce(server, announce))
         try:
             await server.serve(sockets=sockets)
         finally:
-            purge.cancel()
-            announce.cancel()
+            maintenance.cancel()
+            announced.cancel()
 
     follower, stop_following = _follow_changes(coffer)
     try:

@@ -24,6 +24,7 @@ import anyio.to_thread
 from coffer.audit import AuditLog
 from coffer.authz import Authorizer, Decision
 from coffer.barrier import Barrier, VaultView
+from coffer.core.throttle import RequestThrottle
 from coffer.errors import CofferError, NotFound, Sealed, Unauthorized
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import Caller, TokenService
@@ -102,8 +103,10 @@ class Pipeline:
         index: IdentityIndex,
         authorizer: Authorizer,
         audit: AuditLog,
+        throttle: RequestThrottle | None = None,
     ) -> None:
         self.storage = storage
+        self.throttle = throttle
         self.barrier = barrier
         self.tokens = tokens
         self.index = index
@@ -128,6 +131,8 @@ class Pipeline:
         return caller
 
     async def execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
+        if self.throttle is not None and op.vault is not None:  # the data plane's service limits
+            self.throttle.admit(op.vault.lower(), op.name, caller.object_id)
         return await anyio.to_thread.run_sync(self._execute, op, caller, info)
 
     def _execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:

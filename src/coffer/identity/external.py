@@ -12,7 +12,6 @@ Messages of `InvalidExternalToken` are safe for responses and audit logs: they n
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 import time
@@ -126,21 +125,20 @@ def _safe(error: Exception) -> str:
 # --- JWKS loading -----------------------------------------------------------------------------------
 
 
-def _ssl_context() -> ssl.SSLContext:
-    """The system trust store, plus SSL_CERT_FILE / REQUESTS_CA_BUNDLE when set (private CAs)."""
+def _ssl_context(ca_files: tuple[Path, ...]) -> ssl.SSLContext:
+    """The system trust store, plus the configured private CAs (Config.trusted_ca_files)."""
     context = ssl.create_default_context()
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
-        path = os.environ.get(name)
-        if path and os.path.isfile(path):
-            context.load_verify_locations(cafile=path)
+    for path in ca_files:
+        if path.is_file():
+            context.load_verify_locations(cafile=str(path))
     return context
 
 
-def _fetch(url: str, timeout: float) -> bytes:
+def _fetch(url: str, timeout: float, ca_files: tuple[Path, ...]) -> bytes:
     chunks: list[bytes] = []
     size = 0
     with (
-        httpx.Client(verify=_ssl_context(), timeout=timeout, follow_redirects=False) as client,
+        httpx.Client(verify=_ssl_context(ca_files), timeout=timeout, follow_redirects=False) as client,
         client.stream("GET", url, headers={"accept": "application/json"}) as response,
     ):
         if response.status_code != 200:
@@ -172,7 +170,7 @@ def _parse(raw: bytes) -> list[dict[str, Any]]:
     return [k for k in keys if isinstance(k, dict)][:_MAX_KEYS]
 
 
-def load_jwks(source: str, timeout: float) -> list[dict[str, Any]]:
+def load_jwks(source: str, timeout: float, ca_files: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     """The keys of a JWKS given inline (JSON), as an https URL or as a file path."""
     text = source.strip()
     if text.startswith("{"):
@@ -181,7 +179,7 @@ def load_jwks(source: str, timeout: float) -> list[dict[str, Any]]:
     if lowered.startswith("http://"):
         raise InvalidExternalToken("The issuer's JWKS URL must use https.", "jwks")
     if lowered.startswith("https://"):
-        return _parse(_fetch(text, timeout))
+        return _parse(_fetch(text, timeout, ca_files))
     return _parse(_read_file(Path(text)))
 
 
@@ -219,9 +217,10 @@ class _Entry:
 class JwksCache:
     """Signing keys of trusted external issuers, cached per issuer; thread-safe."""
 
-    def __init__(self, ttl_seconds: float = 300, fetch_timeout: float = 5) -> None:
+    def __init__(self, ttl_seconds: float = 300, fetch_timeout: float = 5, ca_files: tuple[Path, ...] = ()) -> None:
         self.ttl_seconds = ttl_seconds
         self.fetch_timeout = fetch_timeout
+        self.ca_files = ca_files  # private CAs that JWKS URLs may chain to, beside the system store
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -276,7 +275,7 @@ class JwksCache:
     def _load(self, entry: _Entry, issuer: IssuerRow, now: float) -> None:
         entry.attempted = now
         try:
-            entry.keys = load_jwks(issuer.jwks, self.fetch_timeout)
+            entry.keys = load_jwks(issuer.jwks, self.fetch_timeout, self.ca_files)
         except InvalidExternalToken as error:
             entry.failure, cause = error.message, error.message
         except (httpx.HTTPError, OSError) as error:

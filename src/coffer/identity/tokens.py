@@ -62,14 +62,14 @@ class SigningKey:
 
 
 class TokenService:
-    def __init__(self, authority: str, audience: str, lifetime: int) -> None:
+    def __init__(self, authority: str, audience: str, lifetime: int, jwks_cache: JwksCache | None = None) -> None:
         self.authority = authority.rstrip("/")
         self.audience = audience.rstrip("/")
         self.lifetime = max(lifetime, 600)  # clients refresh tokens with under 5 minutes left (C9)
         self._keys: list[SigningKey] = []
         self._public: dict[str, Any] = {}
         self._external: dict[str, list[IssuerRow]] = {}  # issuer URL → the tenants' trust entries
-        self.jwks_cache = JwksCache()
+        self.jwks_cache = jwks_cache or JwksCache()
         self._cache: dict[str, Caller] = {}
         self._lock = threading.Lock()
         self.reload_keys: Callable[[], None] | None = None  # set by the composition root

@@ -1,0 +1,139 @@
+"""Several worker processes on one node (COFFER_WORKERS): connections are spread over whole Coffer processes, an
+unseal share may reach any of them, unsealing and sealing reach all, and a worker that dies is replaced, unsealed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.helpers import base_env, identity_env, release_connections, secret_client
+from tests.support.server import DevServer
+
+WORKERS = 2
+
+
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in found.read_text().split()] if found.exists() else []
+
+
+def _fresh_get(url: str, ca: str) -> httpx.Response:
+    """A request on a new connection (any worker may accept it)."""
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=10) as client:
+        return client.get(url)
+
+
+def _fresh_post(url: str, ca: str, body: dict[str, object]) -> httpx.Response:
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=30) as client:
+        return client.post(url, json=body)
+
+
+def test_dev_server_with_workers_serves_through_every_worker(tmp_path: Path) -> None:
+    server = DevServer(tmp_path / "data", server_env={"COFFER_WORKERS": str(WORKERS)}).start()
+    try:
+        assert server.proc is not None
+        assert len(_children(server.proc.pid)) == WORKERS
+        with identity_env(server):
+            for i in range(6):  # new clients, new connections
+                with secret_client(server) as client:
+                    client.set_secret(f"w{i}", f"value-{i}")
+            for i in range(6):
+                with secret_client(server) as client:
+                    assert client.get_secret(f"w{i}").value == f"value-{i}"
+    finally:
+        release_connections()
+        assert server.stop() == 0
+
+
+@pytest.fixture
+def production(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, list[str]]]:
+    """A non-dev server with workers: (process, address, CA file, output lines)."""
+    env = {**base_env(), "COFFER_WORKERS": str(WORKERS)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coffer", "server", "--data-dir", str(tmp_path / "data"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    assert proc.stdout is not None
+    output: list[str] = []
+    deadline = time.monotonic() + 60
+    address = ca = None
+    while time.monotonic() < deadline and (address is None or ca is None):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if found := re.search(r"Coffer ready at (https://\S+)", line):
+            address = found.group(1)
+        if found := re.search(r"CA certificate: (\S+)", line):
+            ca = found.group(1)
+    assert address and ca, "".join(output)
+    threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True).start()
+    try:
+        yield proc, address, ca, output
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+
+def _all_healthy(address: str, ca: str, want: int, tries: int = 12) -> bool:
+    return all(_fresh_get(f"{address}/healthz", ca).status_code == want for _ in range(tries))
+
+
+def test_unseal_shares_reach_every_worker_and_a_dead_worker_comes_back_unsealed(
+    production: tuple[subprocess.Popen[str], str, str, list[str]],
+) -> None:
+    proc, address, ca, output = production
+    init = _fresh_post(f"{address}/v1/sys/init", ca, {"shares": 3, "threshold": 2}).json()
+    # initialising unsealed the worker that answered; the others follow through the supervisor
+    deadline = time.monotonic() + 5
+    while not _all_healthy(address, ca, 200, tries=6):
+        assert time.monotonic() < deadline, "a worker stayed sealed after init"
+        time.sleep(0.1)
+
+    # sealing through one worker seals all
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=30) as client:
+        issued = client.post(
+            f"{address}/{init['tenantId']}/oauth2/v2.0/token",
+            data={"grant_type": "client_credentials", "client_id": init["clientId"],
+                  "client_secret": init["clientSecret"], "scope": f"{address}/.default"},
+        ).json()
+        sealed = client.post(f"{address}/v1/sys/seal", headers={"Authorization": f"Bearer {issued['access_token']}"})
+        assert sealed.status_code == 204, sealed.text
+    deadline = time.monotonic() + 5
+    while not _all_healthy(address, ca, 503, tries=6):
+        assert time.monotonic() < deadline, "a worker stayed unsealed after seal"
+        time.sleep(0.1)
+
+    # each share on a new connection (any worker): the threshold is reached across workers
+    for share in init["shares"][:2]:
+        _fresh_post(f"{address}/v1/sys/unseal", ca, {"key": share})
+    deadline = time.monotonic() + 5
+    while not _all_healthy(address, ca, 200, tries=6):
+        assert time.monotonic() < deadline, "shares given to different workers did not unseal them all"
+        time.sleep(0.1)
+
+    # a worker killed is replaced and unsealed by the supervisor
+    victim = _children(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        children = _children(proc.pid)
+        if len(children) == WORKERS and victim not in children and _all_healthy(address, ca, 200):
+            break
+        assert time.monotonic() < deadline, "".join(output)
+        time.sleep(0.2)
