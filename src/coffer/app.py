@@ -86,7 +86,8 @@ class Coffer:
         # The PKCS#11 token (COFFER_PKCS11_*): HSM keys and auto-unseal; None when no HSM is configured.
         self.hsm_backend = pkcs11.from_config(config)
         self.hsm_seal = HsmSeal(self.storage, self.hsm_backend) if self.hsm_backend is not None else None
-        self.key_backends = key.Backends(software=SoftwareBackend(), hsm=self.hsm_backend)
+        self.software_keys = SoftwareBackend()
+        self.key_backends = key.Backends(software=self.software_keys, hsm=self.hsm_backend)
         self.api = Api(self)
         self._tenants: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -314,8 +315,7 @@ class Coffer:
         self._after_unseal()
 
     def seal(self) -> None:
-        self.barrier.seal()
-        self.tokens.unload()
+        self.seal_as_sibling()
         if self.on_sealed is not None:
             self.on_sealed()
 
@@ -332,8 +332,10 @@ class Coffer:
             self.on_unsealed = announce
 
     def seal_as_sibling(self) -> None:
+        """Forget the root key and everything derived from it (another worker process sealed, or this one)."""
         self.barrier.seal()
         self.tokens.unload()
+        self.software_keys.forget()
 
     # --- development mode ---------------------------------------------------------------------
     def start_dev(self) -> DevIdentity:

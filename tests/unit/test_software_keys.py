@@ -586,3 +586,22 @@ def test_import_oct(size: int) -> None:
 def test_import_refusals(jwk: dict[str, str], message: str) -> None:
     with pytest.raises(KeyOperationError, match=message):
         BACKEND.import_jwk(jwk)
+
+
+def test_parsed_private_keys_are_cached_until_the_server_seals() -> None:
+    from unittest import mock
+
+    from coffer.crypto import software
+
+    backend = software.SoftwareBackend()
+    key = backend.generate("EC", curve="P-256")
+    digest = bytes(32)
+    real = software.serialization.load_der_private_key
+    with mock.patch.object(software.serialization, "load_der_private_key", side_effect=real) as parse:
+        backend.forget()
+        backend.sign(key, "ES256", digest)
+        backend.sign(key, "ES256", digest)
+        assert parse.call_count == 1
+        backend.forget()  # sealed: parsed keys are dropped
+        backend.sign(key, "ES256", digest)
+        assert parse.call_count == 2

@@ -32,119 +32,22 @@ from coffer.storage.base import (
     VaultRow,
     VersionRow,
 )
+from coffer.storage.rows import (
+    credential_row,
+    issuer_row,
+    object_row,
+    principal_row,
+    role_assignment_row,
+    role_definition_row,
+    vault_row,
+    version_row,
+)
 from coffer.storage.schema import MIGRATIONS
 
 _VERSION_COLUMNS = (
     "vault, kind, name, version, created, updated, enabled, nbf, exp, content_type, tags, "
     "managed, kid, payload, seq, extra"
 )
-
-
-def _version(row: sqlite3.Row) -> VersionRow:
-    return VersionRow(
-        vault=row["vault"],
-        kind=row["kind"],
-        name=row["name"],
-        version=row["version"],
-        created=row["created"],
-        updated=row["updated"],
-        enabled=bool(row["enabled"]),
-        nbf=row["nbf"],
-        exp=row["exp"],
-        content_type=row["content_type"],
-        tags=orjson.loads(row["tags"]) if row["tags"] is not None else None,
-        managed=bool(row["managed"]),
-        kid=row["kid"],
-        payload=bytes(row["payload"]),
-        seq=row["seq"],
-        extra=orjson.loads(row["extra"]) if row["extra"] else {},
-    )
-
-
-def _object(row: sqlite3.Row) -> ObjectRow:
-    return ObjectRow(
-        vault=row["vault"],
-        kind=row["kind"],
-        name=row["name"],
-        latest=row["latest"],
-        deleted=row["deleted"],
-        purge_at=row["purge_at"],
-        data=orjson.loads(row["data"]) if row["data"] else {},
-    )
-
-
-def _vault(row: sqlite3.Row) -> VaultRow:
-    return VaultRow(
-        name=row["name"],
-        tenant_id=row["tenant_id"],
-        created=row["created"],
-        updated=row["updated"],
-        retention_days=row["retention_days"],
-        purge_protection=bool(row["purge_protection"]),
-        sku=row["sku"],
-        rbac_authorization=bool(row["rbac_authorization"]),
-        wrapped_key=bytes(row["wrapped_key"]),
-        key_term=row["key_term"],
-        access_policies=orjson.loads(row["access_policies"]) if row["access_policies"] else [],
-    )
-
-
-def _role_definition(row: sqlite3.Row) -> RoleDefinitionRow:
-    return RoleDefinitionRow(
-        id=row["id"],
-        scope=row["scope"],
-        role_name=row["role_name"],
-        description=row["description"],
-        permissions=orjson.loads(row["permissions"]),
-        assignable_scopes=orjson.loads(row["assignable_scopes"]),
-        created=row["created"],
-        updated=row["updated"],
-    )
-
-
-def _role_assignment(row: sqlite3.Row) -> RoleAssignmentRow:
-    return RoleAssignmentRow(
-        id=row["id"],
-        scope=row["scope"],
-        role_definition_id=row["role_definition_id"],
-        principal_id=row["principal_id"],
-        created=row["created"],
-    )
-
-
-def _principal(row: sqlite3.Row) -> PrincipalRow:
-    return PrincipalRow(
-        object_id=row["object_id"],
-        tenant_id=row["tenant_id"],
-        client_id=row["client_id"],
-        kind=row["kind"],
-        display_name=row["display_name"],
-        created=row["created"],
-    )
-
-
-def _credential(row: sqlite3.Row) -> CredentialRow:
-    return CredentialRow(
-        id=row["id"],
-        object_id=row["object_id"],
-        kind=row["kind"],
-        secret_hash=row["secret_hash"],
-        created=row["created"],
-        expires=row["expires"],
-        lookup=row["lookup"],
-        data=orjson.loads(row["data"]) if row["data"] else {},
-    )
-
-
-def _issuer(row: sqlite3.Row) -> IssuerRow:
-    return IssuerRow(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        issuer=row["issuer"],
-        jwks=row["jwks"],
-        audience=row["audience"],
-        created=row["created"],
-    )
 
 
 class _SqliteTransaction(Transaction):
@@ -174,10 +77,10 @@ class _SqliteTransaction(Transaction):
     # vaults
     def vault_get(self, name: str) -> VaultRow | None:
         row = self._one("SELECT * FROM vaults WHERE name = ?", name.lower())
-        return _vault(row) if row else None
+        return vault_row(row) if row else None
 
     def vault_list(self) -> list[VaultRow]:
-        return [_vault(r) for r in self._all("SELECT * FROM vaults ORDER BY name")]
+        return [vault_row(r) for r in self._all("SELECT * FROM vaults ORDER BY name")]
 
     def vault_put(self, row: VaultRow) -> None:
         self.touch(VAULT)
@@ -219,18 +122,18 @@ class _SqliteTransaction(Transaction):
     # principals
     def principal_get(self, object_id: str) -> PrincipalRow | None:
         row = self._one("SELECT * FROM principals WHERE object_id = ?", object_id)
-        return _principal(row) if row else None
+        return principal_row(row) if row else None
 
     def principal_by_client_id(self, tenant_id: str, client_id: str) -> PrincipalRow | None:
         row = self._one("SELECT * FROM principals WHERE tenant_id = ? AND client_id = ?", tenant_id, client_id)
-        return _principal(row) if row else None
+        return principal_row(row) if row else None
 
     def principal_list(self, tenant_id: str | None = None) -> list[PrincipalRow]:
         if tenant_id is None:
             rows = self._all("SELECT * FROM principals ORDER BY display_name, object_id")
         else:
             rows = self._all("SELECT * FROM principals WHERE tenant_id = ? ORDER BY display_name, object_id", tenant_id)
-        return [_principal(r) for r in rows]
+        return [principal_row(r) for r in rows]
 
     def principal_put(self, row: PrincipalRow) -> None:
         self.touch(IDENTITY)
@@ -247,19 +150,19 @@ class _SqliteTransaction(Transaction):
 
     def credential_get(self, credential_id: str) -> CredentialRow | None:
         row = self._one("SELECT * FROM credentials WHERE id = ?", credential_id)
-        return _credential(row) if row else None
+        return credential_row(row) if row else None
 
     def credential_list(self, object_id: str) -> list[CredentialRow]:
         return [
-            _credential(r)
+            credential_row(r)
             for r in self._all("SELECT * FROM credentials WHERE object_id = ? ORDER BY created", object_id)
         ]
 
     def credential_by_lookup(self, lookup: str) -> list[CredentialRow]:
-        return [_credential(r) for r in self._all("SELECT * FROM credentials WHERE lookup = ?", lookup)]
+        return [credential_row(r) for r in self._all("SELECT * FROM credentials WHERE lookup = ?", lookup)]
 
     def credential_all(self) -> list[CredentialRow]:
-        return [_credential(r) for r in self._all("SELECT * FROM credentials")]
+        return [credential_row(r) for r in self._all("SELECT * FROM credentials")]
 
     def credential_put(self, row: CredentialRow) -> None:
         self.touch(IDENTITY)
@@ -281,10 +184,10 @@ class _SqliteTransaction(Transaction):
     # authorization
     def role_definition_get(self, role_id: str) -> RoleDefinitionRow | None:
         row = self._one("SELECT * FROM role_definitions WHERE id = ?", role_id.lower())
-        return _role_definition(row) if row else None
+        return role_definition_row(row) if row else None
 
     def role_definition_list(self) -> list[RoleDefinitionRow]:
-        return [_role_definition(r) for r in self._all("SELECT * FROM role_definitions ORDER BY role_name")]
+        return [role_definition_row(r) for r in self._all("SELECT * FROM role_definitions ORDER BY role_name")]
 
     def role_definition_put(self, row: RoleDefinitionRow) -> None:
         self.touch(ACCESS)
@@ -311,10 +214,10 @@ class _SqliteTransaction(Transaction):
 
     def role_assignment_get(self, assignment_id: str) -> RoleAssignmentRow | None:
         row = self._one("SELECT * FROM role_assignments WHERE id = ?", assignment_id.lower())
-        return _role_assignment(row) if row else None
+        return role_assignment_row(row) if row else None
 
     def role_assignment_list(self) -> list[RoleAssignmentRow]:
-        return [_role_assignment(r) for r in self._all("SELECT * FROM role_assignments ORDER BY scope, id")]
+        return [role_assignment_row(r) for r in self._all("SELECT * FROM role_assignments ORDER BY scope, id")]
 
     def role_assignment_put(self, row: RoleAssignmentRow) -> None:
         self.touch(ACCESS)
@@ -345,8 +248,10 @@ class _SqliteTransaction(Transaction):
 
     def issuer_list(self, tenant_id: str | None = None) -> list[IssuerRow]:
         if tenant_id is None:
-            return [_issuer(r) for r in self._all("SELECT * FROM issuers ORDER BY tenant_id, issuer")]
-        return [_issuer(r) for r in self._all("SELECT * FROM issuers WHERE tenant_id = ? ORDER BY issuer", tenant_id)]
+            return [issuer_row(r) for r in self._all("SELECT * FROM issuers ORDER BY tenant_id, issuer")]
+        return [
+            issuer_row(r) for r in self._all("SELECT * FROM issuers WHERE tenant_id = ? ORDER BY issuer", tenant_id)
+        ]
 
     def issuer_put(self, row: IssuerRow) -> None:
         self.touch(IDENTITY)
@@ -369,7 +274,7 @@ class _SqliteTransaction(Transaction):
         row = self._one(
             "SELECT * FROM objects WHERE vault = ? AND kind = ? AND name_key = ?", vault.lower(), kind, name.lower()
         )
-        return _object(row) if row else None
+        return object_row(row) if row else None
 
     def object_put(self, row: ObjectRow) -> None:
         self._c.execute(
@@ -404,13 +309,13 @@ class _SqliteTransaction(Transaction):
             after or "",
             limit,
         )
-        return [_object(r) for r in rows]
+        return [object_row(r) for r in rows]
 
     def objects_due_for_purge(self, now: int, limit: int) -> list[ObjectRow]:
         rows = self._all(
             "SELECT * FROM objects WHERE purge_at IS NOT NULL AND purge_at <= ? ORDER BY purge_at LIMIT ?", now, limit
         )
-        return [_object(r) for r in rows]
+        return [object_row(r) for r in rows]
 
     # versions
     def version_get(self, vault: str, kind: str, name: str, version: str) -> VersionRow | None:
@@ -422,7 +327,7 @@ class _SqliteTransaction(Transaction):
             name.lower(),
             version.lower(),
         )
-        return _version(row) if row else None
+        return version_row(row) if row else None
 
     def version_put(self, row: VersionRow) -> None:
         key = (row.vault.lower(), row.kind, row.name.lower())
@@ -474,7 +379,7 @@ class _SqliteTransaction(Transaction):
             after_seq or 0,
             limit,
         )
-        return [_version(r) for r in rows]
+        return [version_row(r) for r in rows]
 
     def latest_versions(self, vault: str, kind: str, objects: list[ObjectRow]) -> dict[str, VersionRow]:
         wanted = [(o.name.lower(), o.latest) for o in objects if o.latest]
@@ -492,7 +397,7 @@ class _SqliteTransaction(Transaction):
             vault.lower(),
             kind,
         )
-        return {r["name"].lower(): _version(r) for r in rows}
+        return {r["name"].lower(): version_row(r) for r in rows}
 
 
 _CHANGES_KEPT = 10_000
