@@ -513,6 +513,18 @@ def _ca_table(info: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _ca_call(
+    addr: str | None, ca_cert: str | None, data_dir: Path, method: str, path: str, output: str, body: Any = None
+) -> None:
+    """One CA admin call; the CA shown as a table or as JSON."""
+    try:
+        info = _client(addr, ca_cert, data_dir).call(method, path, body)
+    except ClientError as error:
+        _fail(error)
+        return
+    console.print_json(json.dumps(info)) if output == "json" else _ca_table(info)
+
+
 @ca_app.command("create")
 def ca_create(
     vault: str,
@@ -547,12 +559,7 @@ def ca_create(
         body["intermediateSubject"] = intermediate_subject
     if hsm is not None:
         body["hsm"] = hsm
-    try:
-        info = _client(addr, ca_cert, data_dir).call("PUT", f"/admin/vaults/{vault}/ca/{name}", body)
-    except ClientError as error:
-        _fail(error)
-        return
-    console.print_json(json.dumps(info)) if output == "json" else _ca_table(info)
+    _ca_call(addr, ca_cert, data_dir, "PUT", f"/admin/vaults/{vault}/ca/{name}", output, body)
 
 
 @ca_app.command("show")
@@ -565,12 +572,7 @@ def ca_show(
     data_dir: DataDir = Path(".coffer"),
 ) -> None:
     """Show an internal CA."""
-    try:
-        info = _client(addr, ca_cert, data_dir).call("GET", f"/admin/vaults/{vault}/ca/{name}")
-    except ClientError as error:
-        _fail(error)
-        return
-    console.print_json(json.dumps(info)) if output == "json" else _ca_table(info)
+    _ca_call(addr, ca_cert, data_dir, "GET", f"/admin/vaults/{vault}/ca/{name}", output)
 
 
 @ca_app.command("rotate")
@@ -584,12 +586,7 @@ def ca_rotate(
 ) -> None:
     """New CA key and certificate (same protection); earlier certificates are kept so existing chains still verify,
     earlier keys are destroyed (HSM keys leave the token)."""
-    try:
-        info = _client(addr, ca_cert, data_dir).call("POST", f"/admin/vaults/{vault}/ca/{name}/rotate")
-    except ClientError as error:
-        _fail(error)
-        return
-    console.print_json(json.dumps(info)) if output == "json" else _ca_table(info)
+    _ca_call(addr, ca_cert, data_dir, "POST", f"/admin/vaults/{vault}/ca/{name}/rotate", output)
 
 
 @ca_app.command("delete")
@@ -603,12 +600,7 @@ def ca_delete(
 ) -> None:
     """Delete an internal CA for good: its keys (HSM keys leave the token), certificates and issuer entry.
     Certificates it issued stay."""
-    try:
-        info = _client(addr, ca_cert, data_dir).call("DELETE", f"/admin/vaults/{vault}/ca/{name}")
-    except ClientError as error:
-        _fail(error)
-        return
-    console.print_json(json.dumps(info)) if output == "json" else _ca_table(info)
+    _ca_call(addr, ca_cert, data_dir, "DELETE", f"/admin/vaults/{vault}/ca/{name}", output)
 
 
 def main() -> None:
