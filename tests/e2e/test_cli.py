@@ -22,7 +22,7 @@ from azure.identity import ClientSecretCredential
 from azure.keyvault.secrets import SecretClient
 
 from tests.e2e.helpers import base_env, credential, identity_env, release_connections, run_cli, secret_client
-from tests.support.server import DevServer
+from tests.support.server import DevServer, storage_env
 
 
 def admin_token(authority: str, ca: str, tenant: str, client_id: str, client_secret: str) -> str:
@@ -183,7 +183,8 @@ class ProdServer:
         self.output = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coffer", "server", "--data-dir", str(self.data_dir), "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=base_env())
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**base_env(), **storage_env(self.data_dir)})
         assert self.proc.stdout is not None
         deadline = time.monotonic() + 60
         announced: list[str] = []

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import base_env, run_cli
+from tests.support.server import storage_env
 from tests.support.softhsm import SoftHsmToken, missing_reason
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
@@ -45,7 +46,8 @@ class HsmServer:
         self.output = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coffer", "server", "--data-dir", str(self.data_dir), "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**env, **storage_env(self.data_dir)})
         assert self.proc.stdout is not None
         deadline = time.monotonic() + 60
         announced: list[str] = []

@@ -33,6 +33,12 @@ def _database_for(data_dir: Path) -> str:
         return _databases[key]
 
 
+def storage_env(data_dir: Path) -> dict[str, str]:
+    """For a server started by hand on `data_dir`: COFFER_DATABASE_URL of its database with
+    COFFER_TEST_STORAGE=postgres, else nothing (SQLite in the data directory)."""
+    return {"COFFER_DATABASE_URL": _database_for(data_dir)} if postgres.storage_kind() == "postgres" else {}
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in path.read_text().splitlines():
