@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import leaks
 from tests.support.postgres import PostgresServer, shared_server, stop_shared_server
 from tests.support.server import DevServer
 
@@ -17,7 +18,11 @@ def postgres_server() -> PostgresServer:
     return shared_server()
 
 
+leaks.install()  # records the secret values, private keys and client secrets tests use, and every DevServer
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    leaks.report(session)  # scans every file every test server wrote (before PostgreSQL stops: its files too)
     stop_shared_server()  # after every fixture (and so every server using it) is torn down
 
 

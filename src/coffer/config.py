@@ -30,6 +30,9 @@ class Config:
     # Worker processes serving requests (each with its own event loop; they share the listening sockets).
     workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
+    # Slow clients: a request's line and headers must arrive within this many seconds of the connection opening (or
+    # of the previous response), and its body within as many seconds of the application starting to read it.
+    request_read_timeout_seconds: float = 30.0
     token_lifetime_seconds: int = 3600
     token_key_rotation_days: float = 30.0
     extra_hostnames: tuple[str, ...] = field(default_factory=tuple)
@@ -97,6 +100,10 @@ def from_environment(**overrides: object) -> Config:
         values["imds"] = env["COFFER_IMDS"].lower() in ("1", "true", "yes")
     if "COFFER_PURGE_INTERVAL" in env:
         values["purge_interval_seconds"] = float(env["COFFER_PURGE_INTERVAL"])
+    if "COFFER_REQUEST_READ_TIMEOUT" in env:
+        values["request_read_timeout_seconds"] = float(env["COFFER_REQUEST_READ_TIMEOUT"])
+        if not values["request_read_timeout_seconds"] > 0:  # type: ignore[operator]
+            raise ValueError("COFFER_REQUEST_READ_TIMEOUT must be a positive number of seconds")
     if env.get("COFFER_DATABASE_URL"):
         values["database_url"] = env["COFFER_DATABASE_URL"]
     for name, key in (

@@ -6,6 +6,7 @@
     ├── Forbidden               403
     ├── NotFound                404
     ├── Conflict                409
+    ├── RequestTimeout          408
     ├── PayloadTooLarge         413
     ├── Throttled               429
     └── Sealed                  503
@@ -74,6 +75,11 @@ class MethodNotAllowed(CofferError):
 class Conflict(CofferError):
     status = 409
     code = "Conflict"
+
+
+class RequestTimeout(CofferError):
+    status = 408
+    code = "RequestTimeout"
 
 
 class PayloadTooLarge(CofferError):

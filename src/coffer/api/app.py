@@ -19,7 +19,17 @@ from coffer.api.routes import access, admin, ca, certificates, identity, keys, r
 from coffer.api.routing import Route, resolve
 from coffer.audit import AuditError
 from coffer.core import RequestInfo, Result
-from coffer.errors import CofferError, NotFound, Sealed, Throttled, Unauthorized
+from coffer.crypto import DecryptionFailed
+from coffer.errors import (
+    BadParameter,
+    CofferError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Sealed,
+    Throttled,
+    Unauthorized,
+)
 from coffer.identity.tokens import Caller
 from coffer.storage import StorageError
 
@@ -71,6 +81,9 @@ class Api:
         caller: Caller | None = None
         route: Route | None = None
         try:
+            for name in ("host", "authorization"):
+                if len(request.headers.getlist(name)) > 1:  # which one counts would depend on who reads it
+                    raise BadParameter(f"The request has more than one {name.title()} header.")
             if kind is None:
                 raise NotFound("No vault or service of this server answers at this host name.", code="NotFound")
             method, path = request.method, request.url.path
@@ -95,11 +108,19 @@ class Api:
                 caller=caller,
                 max_body=self.coffer.config.max_body_bytes,
                 app=self.coffer,
+                read_timeout=self.coffer.config.request_read_timeout_seconds,
             )
             result: Result = await route.handler(api_request)
             return self._render(result.status, result.body, request, result.headers)
         except CofferError as error:
             return await self._fail(error, request, info, route, vault, caller)
+        except DecryptionFailed as error:  # a stored blob was altered or moved: never garbage, and tell the operator
+            log.error("request %s (%s): stored data failed its integrity check: %s", info.correlation_id or "-",
+                      route.name if route else "-", _described(error))
+            return await self._fail(
+                CofferError("Stored data failed its integrity check; it may have been altered. Nothing was returned."),
+                request, info, route, vault, caller,
+            )
         except (AuditError, StorageError) as error:
             log.error("request %s failed closed: %s", info.correlation_id or "-", _described(error))
             return self._render(
@@ -130,6 +151,8 @@ class Api:
             headers["www-authenticate"] = self._challenge(vault, claims=error.claims_challenge)
         if isinstance(error, Throttled) and error.retry_after:
             headers["retry-after"] = str(error.retry_after)
+        if isinstance(error, (RequestTimeout, PayloadTooLarge)):
+            headers["connection"] = "close"  # the rest of the body may still be on its way: never read it
         try:
             name = route.name if route and route.name else ("Authentication" if error.status == 401 else "Unknown")
             self.pipeline.audit_failure(name, vault, caller, info, error)

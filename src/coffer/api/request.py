@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from coffer.core import Pipeline, RequestInfo
-from coffer.errors import BadParameter, PayloadTooLarge
+from coffer.errors import BadParameter, PayloadTooLarge, RequestTimeout
 from coffer.identity.tokens import Caller
 
 
@@ -24,6 +25,7 @@ class ApiRequest:
     caller: Caller | None
     max_body: int
     app: Any  # coffer.app.Coffer (kept untyped here to keep the edge below the composition root)
+    read_timeout: float = 30.0  # seconds for the whole body to arrive (slow clients)
 
     @property
     def query(self) -> Any:
@@ -35,11 +37,17 @@ class ApiRequest:
             raise PayloadTooLarge(f"The request body is larger than {self.max_body} bytes.")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self.http.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"The request body is larger than {self.max_body} bytes.")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                async for chunk in self.http.stream():
+                    size += len(chunk)
+                    if size > self.max_body:
+                        raise PayloadTooLarge(f"The request body is larger than {self.max_body} bytes.")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeout(f"The request body was not received within {self.read_timeout:g} seconds.") from None
+        except ClientDisconnect:
+            raise BadParameter("The client closed the connection before the request body was complete.") from None
         return b"".join(chunks)
 
     async def json(self, *, required: bool = True) -> dict[str, Any]:

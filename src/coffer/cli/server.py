@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import signal
@@ -17,6 +18,7 @@ import anyio.to_thread
 import uvicorn
 
 from coffer import devhsm
+from coffer.api.protocol import guarded_protocol
 from coffer.app import Coffer
 from coffer.config import Config
 from coffer.crypto import tls
@@ -52,14 +54,23 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _bind(config: Config) -> list[socket.socket]:
     """Listen on the configured address; on loopback also on ::1, because resolvers map *.localhost
-    to both 127.0.0.1 and ::1 and clients try ::1 first."""
-    sockets = [_listen(config.bind, config.port)]
-    if config.bind == "127.0.0.1":
+    to both 127.0.0.1 and ::1 and clients try ::1 first. The same port on both: with port 0, one that is free on
+    both (else clients resolving ::1 would reach whatever other program holds that port there)."""
+    for _attempt in range(50):
+        sockets = [_listen(config.bind, config.port)]
+        if config.bind != "127.0.0.1":
+            return sockets
         try:
             sockets.append(_listen("::1", sockets[0].getsockname()[1]))
-        except OSError:
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                sockets[0].close()
+                if config.port == 0:
+                    continue  # another program has that port on ::1: pick another
+                raise
             log.info("IPv6 loopback unavailable; listening on 127.0.0.1 only")
-    return sockets
+        return sockets
+    raise OSError(errno.EADDRINUSE, "no port is free on both 127.0.0.1 and ::1")
 
 
 class _Server(uvicorn.Server):
@@ -196,6 +207,7 @@ def run(coffer: Coffer, sockets: list[socket.socket], files: tls.TlsFiles, annou
     change-feed follower; `announce` is called once the server accepts connections."""
     uv_config = uvicorn.Config(
         coffer.api,
+        http=guarded_protocol(coffer.config.request_read_timeout_seconds),
         ssl_certfile=str(files.cert),
         ssl_keyfile=str(files.key),
         log_level="warning",

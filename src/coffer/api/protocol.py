@@ -1,0 +1,120 @@
+"""uvicorn's httptools protocol with the two limits it lacks: a deadline for the request head and a cap on its size.
+
+uvicorn closes a connection only when it stays idle `timeout_keep_alive` seconds after a response, and every byte
+received restarts that timer; a new connection that never completes a request, or a client dripping its headers
+one byte at a time (slowloris), holds a connection (and the headers read so far, which have no size limit) for as
+long as it likes. Here each request head (request line and headers) must be complete within `head_timeout` seconds
+of the connection opening or of the previous response, whatever the client trickles in the meantime, and may not
+exceed `max_head_bytes`. The body is the application's business (`ApiRequest.body_bytes` has its own deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    head_timeout: float = 30.0
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._head_started = False  # some byte of the next request's head has arrived
+        self._head_too_large = False
+
+    # --- the deadline: armed when a connection opens and after each response; only a complete head disarms it ----
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        self._head_started = False
+        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing():
+            return
+        if self._head_started:
+            self._refuse(408, "RequestTimeout", "The request headers were not received in time.")
+        else:  # an idle connection: close it quietly, as the keep-alive timeout does
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm_head_deadline()
+
+    # --- the size cap ------------------------------------------------------------------------------------------
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers a parser error (which is what an exception in a parser callback becomes) with this: in
+        Azure's error envelope, as every other refusal."""
+        if self._head_too_large:
+            self._refuse(431, "RequestHeaderFieldsTooLarge",
+                         f"The request line and headers are larger than {self.max_head_bytes} bytes.")
+        else:
+            self._refuse(400, "BadParameter", "The request is not valid HTTP/1.1.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._head_started = True
+        if self._head_deadline is None:  # a pipelined request: its own deadline
+            self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head_bytes:
+            self._head_too_large = True
+            raise ValueError("request head too large")  # the parser stops; uvicorn calls send_400_response
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_head_deadline()
+        super().on_headers_complete()
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Azure's error envelope, then close: the connection is in no state to carry another request."""
+        self._disarm_head_deadline()
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(b"content-type: application/json; charset=utf-8\r\n")
+        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+def guarded_protocol(head_timeout: float, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...), with these limits."""
+    return type("CofferHttpProtocol", (GuardedHttpToolsProtocol,),
+                {"head_timeout": head_timeout, "max_head_bytes": max_head_bytes})
