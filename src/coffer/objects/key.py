@@ -361,6 +361,9 @@ def random_bytes(count: Any) -> bytes:
 
 
 # --- rotation policy -------------------------------------------------------------------------------------
+_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second a date can name
+
+
 def _add_duration(start: int, duration: str) -> int:
     match = _DURATION.match(duration)
     if not match or not any(match.groups()):
@@ -370,7 +373,13 @@ def _add_duration(start: int, duration: str) -> int:
     month_index = moment.month - 1 + months + 12 * years
     year, month = moment.year + month_index // 12, month_index % 12 + 1
     day = min(moment.day, 28) if (year, month) != (moment.year, moment.month) else moment.day
-    return int(moment.replace(year=year, month=month, day=day).timestamp()) + days * 86400
+    try:
+        end = int(moment.replace(year=year, month=month, day=day).timestamp()) + days * 86400
+    except (ValueError, OverflowError):  # past year 9999
+        end = _MAX_TIMESTAMP + 1
+    if end > _MAX_TIMESTAMP:
+        raise BadParameter(f"Invalid ISO 8601 duration {duration[:32]!r}: the time it gives is out of range.")
+    return end
 
 
 def get_policy(view: VaultView, name: str) -> dict[str, Any]:
@@ -390,24 +399,32 @@ def set_policy(view: VaultView, name: str, body: dict[str, Any]) -> dict[str, An
     if not isinstance(actions, list):
         raise BadParameter("lifetimeActions must be a list.")
     clean_actions = []
-    for action in actions:
-        trigger = (action or {}).get("trigger") or {}
-        kind = str(((action or {}).get("action") or {}).get("type", ""))
+    shape = "A lifetime action must be an object with a trigger object and an action object."
+    for item in actions:
+        action = item or {}
+        if not isinstance(action, dict):
+            raise BadParameter(shape)
+        trigger, what = action.get("trigger") or {}, action.get("action") or {}
+        if not isinstance(trigger, dict) or not isinstance(what, dict):
+            raise BadParameter(shape)
+        kind = str(what.get("type", ""))
         if kind.lower() not in ("rotate", "notify"):
             raise BadParameter("A lifetime action's type must be Rotate or Notify.")
         triggers = {k: v for k, v in trigger.items() if k in ("timeAfterCreate", "timeBeforeExpiry") and v}
         if len(triggers) != 1:
             raise BadParameter("A lifetime action needs exactly one trigger: timeAfterCreate or timeBeforeExpiry.")
         for value in triggers.values():
-            _add_duration(0, str(value))
+            _add_duration(now(), str(value))  # from now, as the scheduler will (0 would let P7990Y through)
         clean_actions.append(
             {"trigger": triggers, "action": {"type": "Rotate" if kind.lower() == "rotate" else "Notify"}}
         )
     attributes = body.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise BadParameter("The rotation policy's attributes must be an object.")
     expiry = attributes.get("expiryTime")
-    if expiry is not None:
-        _add_duration(0, str(expiry))
     stamp = now()
+    if expiry is not None:
+        _add_duration(stamp, str(expiry))
     previous = obj.data.get("rotationPolicy") or {}
     created = (previous.get("attributes") or {}).get("created", stamp)
     policy = {

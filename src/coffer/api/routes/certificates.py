@@ -115,7 +115,16 @@ def _operation(req: ApiRequest, obj: ObjectRow, pending: dict[str, Any]) -> dict
         body["target"] = _cert_id(req, obj)
     if pending.get("error"):
         body["error"] = pending["error"]
-    return body
+    # Key Vault leaves out what an operation does not have (no CSR of a certificate issued at once, no details):
+    # the specs type these fields as strings, never null
+    return {field: value for field, value in body.items() if value is not None}
+
+
+# Key Vault's status_details of a create's 202 answer (spec example CreateCertificate-example.json)
+_IN_PROGRESS_DETAILS = (
+    "Pending certificate created. Certificate request is in progress. This may take some time based on the issuer "
+    "provider. Please check again later."
+)
 
 
 # --- handlers --------------------------------------------------------------------------------------------------
@@ -126,7 +135,9 @@ async def create_certificate(req: ApiRequest) -> Result:
         obj, _ = certificate.create(ctx.require_view(), _backends(req), name, body, vault_url=req.vault_url)
         # issuer Self has issued already, but the SDK's poller only polls (and then fetches the certificate) when
         # the first answer is inProgress (contract C22); GET .../pending answers completed
-        op = _operation(req, obj, {**obj.data["pending"], "status": "inProgress", "target": None})
+        pending = obj.data["pending"]
+        op = _operation(req, obj, {**pending, "status": "inProgress", "target": None,
+                                   "status_details": pending.get("status_details") or _IN_PROGRESS_DETAILS})
         return Result(status=202, body=op, object_id=op["id"], headers={"Location": op["id"]})
 
     return await _run(req, "CertificateCreate", "create/action", f"/certificates/{name}", True, run)
