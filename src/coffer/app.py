@@ -178,7 +178,12 @@ class Coffer:
             return
         import anyio.to_thread
 
-        files = await anyio.to_thread.run_sync(self.tls_files)
+        await anyio.to_thread.run_sync(self._reload_tls)
+
+    def _reload_tls(self) -> None:
+        """Reissue the local certificate if a vault host is missing from it, and serve the current one. Called by a
+        request thread (this process added a vault) and by the change-feed follower (another one did)."""
+        files = self.tls_files()
         if self.tls_reloader is not None:
             self.tls_reloader(files)
 
@@ -428,8 +433,8 @@ class Coffer:
         """Drop or reload what this process caches about what changed."""
         if VAULT in topics:
             self._tenants.clear()
-            if self._tls_lists_vaults and self.tls_reloader is not None:  # another process added a vault host
-                self.tls_reloader(self.tls_files())
+            if self._tls_lists_vaults:  # another process added a vault host
+                self._reload_tls()
         if self.barrier.sealed:  # nothing else is loaded; unsealing loads it fresh
             return
         if META in topics:

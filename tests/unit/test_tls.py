@@ -155,3 +155,32 @@ def test_tls_handshake_rejects_unlisted_names(files: TlsFiles, server_hostname: 
 def test_deeper_wildcard_works(tmp_path: Path) -> None:
     files = tls.ensure_local_tls(tmp_path, ["localhost", "*.vault.localhost"], ["127.0.0.1"])
     assert handshake(files, "kv1.vault.localhost") == "ok"
+
+
+def test_reloading_while_another_process_reissues_never_pairs_a_certificate_with_the_wrong_key(
+        files: TlsFiles, tmp_path: Path) -> None:
+    """A vault created on one node reissues the local certificate while every process reloads it (the change feed):
+    the reload must see the old pair or the new pair, never the new certificate with the old key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reload() -> None:
+        while not stop.is_set():
+            try:
+                tls.load_server_chain(context, files)
+            except BaseException as error:  # collected for the assertion
+                errors.append(error)
+                return
+
+    readers = [threading.Thread(target=reload) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        for n in range(15):
+            tls.ensure_local_tls(tmp_path / "tls", [*HOSTNAMES, f"v{n}.localhost"], IPS)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert not errors

@@ -222,7 +222,7 @@ def run(coffer: Coffer, sockets: list[socket.socket], files: tls.TlsFiles, annou
 
     def reload_certificate(new: tls.TlsFiles) -> None:
         assert uv_config.ssl is not None
-        uv_config.ssl.load_cert_chain(str(new.cert), str(new.key))
+        tls.load_server_chain(uv_config.ssl, new)
 
     coffer.tls_reloader = reload_certificate
     server = _Server(uv_config)

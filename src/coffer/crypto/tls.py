@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import ssl
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TlsFiles", "ensure_local_tls", "fingerprint_sha256"]
+__all__ = ["TlsFiles", "ensure_local_tls", "fingerprint_sha256", "load_server_chain"]
 
 CA_COMMON_NAME = "Coffer local CA"
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -58,6 +60,22 @@ def ensure_local_tls(directory: Path, hostnames: list[str], ip_addresses: list[s
         if fresh_ca or not _server_is_current(files, ca[1], names, ips):
             _issue_server(files, ca, names, ips)
     return files
+
+
+_loading = threading.Lock()
+
+
+def load_server_chain(context: ssl.SSLContext, files: TlsFiles) -> None:
+    """(Re)load the server certificate and key into a live context. One thread at a time (OpenSSL contexts are not
+    safe to reload concurrently), and for the local CA's files under the lock `ensure_local_tls` writes them under, so
+    a certificate is never paired with the key of the one being reissued by another process."""
+    local = (files.cert.parent / ".lock").exists() and files.key.parent == files.cert.parent
+    with _loading:
+        if local:
+            with _locked(files.cert.parent):
+                context.load_cert_chain(str(files.cert), str(files.key))
+        else:
+            context.load_cert_chain(str(files.cert), str(files.key))
 
 
 def fingerprint_sha256(cert_path: Path) -> str:
