@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ahocorasick
+
 from tests.support.server import DevServer
 
 MIN_LENGTH = 8
@@ -153,8 +155,14 @@ def scan() -> tuple[list[str], dict[str, float]]:
     if patterns:
         longest = max(map(len, patterns))
 
-        def search(data: bytes) -> str | None:  # bytes.find per pattern: far faster than one big regex
-            return next((kind for pattern, kind in patterns.items() if pattern in data), None)
+        # One pass per chunk for all patterns (Aho-Corasick); bytes as latin-1 text, one character per byte.
+        automaton = ahocorasick.Automaton()
+        for pattern, kind in patterns.items():
+            automaton.add_word(pattern.decode("latin-1"), kind)
+        automaton.make_automaton()
+
+        def search(data: bytes) -> str | None:
+            return next((kind for _end, kind in automaton.iter(data.decode("latin-1"))), None)
 
         seen: set[Path] = set()
         for server in servers:
