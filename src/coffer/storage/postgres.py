@@ -16,9 +16,10 @@ the exception class and the constraint name. The DSN (which may hold a password)
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -31,36 +32,9 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, TupleRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from coffer.storage.base import (
-    ACCESS,
-    IDENTITY,
-    META,
-    TABLES,
-    VAULT,
-    CredentialRow,
-    IssuerRow,
-    ObjectRow,
-    PrincipalRow,
-    RoleAssignmentRow,
-    RoleDefinitionRow,
-    Storage,
-    StorageError,
-    TenantRow,
-    Transaction,
-    VaultRow,
-    VersionRow,
-)
-from coffer.storage.rows import (
-    credential_row,
-    issuer_row,
-    object_row,
-    principal_row,
-    role_assignment_row,
-    role_definition_row,
-    vault_row,
-    version_row,
-)
+from coffer.storage.base import TABLES, Storage, StorageError, Transaction
 from coffer.storage.schema import POSTGRES_MIGRATIONS
+from coffer.storage.sql_transaction import CHANGES_KEPT, VERSION_COLUMNS, SqlTransaction
 
 # Advisory lock keys (64-bit, per database): "coffer" followed by a purpose number.
 WRITE_LOCK = 0x636F_6666_6572_0001  # held by every write transaction until it ends
@@ -68,7 +42,6 @@ MIGRATE_LOCK = 0x636F_6666_6572_0002  # held while migrating, so nodes starting 
 LEADER_LOCK = 0x636F_6666_6572_0003  # held by the session of the node that runs background jobs
 CHANNEL = "coffer_changes"
 
-_CHANGES_KEPT = 10_000
 _POOL_MIN, _POOL_MAX = 1, 16
 # libpq settings for every connection unless the URL sets them: give up connecting after 10 s, and notice a dead
 # peer over TCP within ~30 s (ignored on Unix sockets).
@@ -82,13 +55,6 @@ _CONNECTION_DEFAULTS = {
     "application_name": "coffer",
 }
 _LOCK_TIMEOUT = "30s"  # like SQLite's busy timeout: a write waits this long for the write lock
-
-_VERSION_COLUMNS = (
-    "vault, kind, name, version, created, updated, enabled, nbf, exp, content_type, tags, "
-    "managed, kid, payload, seq, extra"
-)
-
-Row = Mapping[str, Any]
 
 
 def storage_error(exc: BaseException) -> StorageError:
@@ -106,372 +72,36 @@ def storage_error(exc: BaseException) -> StorageError:
     return StorageError(type(exc).__name__)
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode("utf-8")
+class _PostgresTransaction(SqlTransaction):
+    # ILIKE: SQLite's LIKE ignores ASCII case, and both backends must delete the same assignments
+    case_insensitive_like = "ILIKE"
 
-
-class _PostgresTransaction(Transaction):
     def __init__(self, conn: psycopg.Connection[TupleRow]) -> None:
         super().__init__()
         self._cur: psycopg.Cursor[DictRow] = conn.cursor(row_factory=dict_row)
 
     def _one(self, query: str, *args: Any) -> DictRow | None:
-        return self._cur.execute(query, args).fetchone()
+        return self._cur.execute(_psycopg_style(query), args).fetchone()
 
     def _all(self, query: str, *args: Any) -> list[DictRow]:
-        return self._cur.execute(query, args).fetchall()
+        return self._cur.execute(_psycopg_style(query), args).fetchall()
 
     def _run(self, query: str, *args: Any) -> None:
-        self._cur.execute(query, args)
+        self._cur.execute(_psycopg_style(query), args)
 
-    # meta
-    def meta_get(self, key: str) -> bytes | None:
-        row = self._one("SELECT value FROM meta WHERE key = %s", key)
-        return bytes(row["value"]) if row else None
+    def _json(self, value: Any) -> str:
+        return orjson.dumps(value).decode("utf-8")
 
-    def meta_put(self, key: str, value: bytes) -> None:
-        self.touch(META)
-        self._run(
-            "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            key,
-            value,
-        )
-
-    # vaults
-    def vault_get(self, name: str) -> VaultRow | None:
-        row = self._one("SELECT * FROM vaults WHERE name = %s", name.lower())
-        return vault_row(row) if row else None
-
-    def vault_list(self) -> list[VaultRow]:
-        return [vault_row(r) for r in self._all("SELECT * FROM vaults ORDER BY name")]
-
-    def vault_put(self, row: VaultRow) -> None:
-        self.touch(VAULT)
-        self.touch(ACCESS)
-        self._run(
-            "INSERT INTO vaults(name, tenant_id, created, updated, retention_days, purge_protection, sku, "
-            "rbac_authorization, wrapped_key, key_term, access_policies) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT(name) DO UPDATE SET tenant_id=excluded.tenant_id, updated=excluded.updated, "
-            "retention_days=excluded.retention_days, purge_protection=excluded.purge_protection, "
-            "sku=excluded.sku, rbac_authorization=excluded.rbac_authorization, "
-            "wrapped_key=excluded.wrapped_key, key_term=excluded.key_term, access_policies=excluded.access_policies",
-            row.name.lower(),
-            row.tenant_id,
-            row.created,
-            row.updated,
-            row.retention_days,
-            int(row.purge_protection),
-            row.sku,
-            int(row.rbac_authorization),
-            row.wrapped_key,
-            row.key_term,
-            _json(row.access_policies) if row.access_policies else None,
-        )
-
-    def vault_delete(self, name: str) -> None:
-        self.touch(VAULT)
-        self.touch(ACCESS)
-        key = name.lower()
-        # ILIKE: SQLite's LIKE ignores ASCII case, and both backends must delete the same assignments
-        self._run(
-            "DELETE FROM role_assignments WHERE scope = %s OR scope ILIKE %s", f"/vaults/{key}", f"/vaults/{key}/%"
-        )
-        self._run("DELETE FROM role_definitions WHERE scope = %s", f"/vaults/{key}")
-        self._run("DELETE FROM versions WHERE vault = %s", key)
-        self._run("DELETE FROM objects WHERE vault = %s", key)
-        self._run("DELETE FROM vaults WHERE name = %s", key)
-
-    # principals
-    def principal_get(self, object_id: str) -> PrincipalRow | None:
-        row = self._one("SELECT * FROM principals WHERE object_id = %s", object_id)
-        return principal_row(row) if row else None
-
-    def principal_by_client_id(self, tenant_id: str, client_id: str) -> PrincipalRow | None:
-        row = self._one("SELECT * FROM principals WHERE tenant_id = %s AND client_id = %s", tenant_id, client_id)
-        return principal_row(row) if row else None
-
-    def principal_list(self, tenant_id: str | None = None) -> list[PrincipalRow]:
-        if tenant_id is None:
-            rows = self._all("SELECT * FROM principals ORDER BY display_name, object_id")
-        else:
-            rows = self._all(
-                "SELECT * FROM principals WHERE tenant_id = %s ORDER BY display_name, object_id", tenant_id
-            )
-        return [principal_row(r) for r in rows]
-
-    def principal_put(self, row: PrincipalRow) -> None:
-        self.touch(IDENTITY)
-        self._run(
-            "INSERT INTO principals(object_id, tenant_id, client_id, kind, display_name, created) "
-            "VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT(object_id) DO UPDATE SET display_name=excluded.display_name",
-            row.object_id,
-            row.tenant_id,
-            row.client_id,
-            row.kind,
-            row.display_name,
-            row.created,
-        )
-
-    def principal_delete(self, object_id: str) -> None:
-        self.touch(IDENTITY)
-        self._run("DELETE FROM credentials WHERE object_id = %s", object_id)
-        self._run("DELETE FROM principals WHERE object_id = %s", object_id)
-
-    def credential_get(self, credential_id: str) -> CredentialRow | None:
-        row = self._one("SELECT * FROM credentials WHERE id = %s", credential_id)
-        return credential_row(row) if row else None
-
-    def credential_list(self, object_id: str) -> list[CredentialRow]:
-        rows = self._all("SELECT * FROM credentials WHERE object_id = %s ORDER BY created", object_id)
-        return [credential_row(r) for r in rows]
-
-    def credential_by_lookup(self, lookup: str) -> list[CredentialRow]:
-        return [credential_row(r) for r in self._all("SELECT * FROM credentials WHERE lookup = %s", lookup)]
-
-    def credential_all(self) -> list[CredentialRow]:
-        return [credential_row(r) for r in self._all("SELECT * FROM credentials")]
-
-    def credential_put(self, row: CredentialRow) -> None:
-        self.touch(IDENTITY)
-        self._run(
-            "INSERT INTO credentials(id, object_id, kind, secret_hash, created, expires, lookup, data) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT(id) DO UPDATE SET expires=excluded.expires, data=excluded.data",
-            row.id,
-            row.object_id,
-            row.kind,
-            row.secret_hash,
-            row.created,
-            row.expires,
-            row.lookup,
-            _json(row.data) if row.data else None,
-        )
-
-    def credential_delete(self, credential_id: str) -> None:
-        self.touch(IDENTITY)
-        self._run("DELETE FROM credentials WHERE id = %s", credential_id)
-
-    # authorization
-    def role_definition_get(self, role_id: str) -> RoleDefinitionRow | None:
-        row = self._one("SELECT * FROM role_definitions WHERE id = %s", role_id.lower())
-        return role_definition_row(row) if row else None
-
-    def role_definition_list(self) -> list[RoleDefinitionRow]:
-        return [role_definition_row(r) for r in self._all("SELECT * FROM role_definitions ORDER BY role_name")]
-
-    def role_definition_put(self, row: RoleDefinitionRow) -> None:
-        self.touch(ACCESS)
-        self._run(
-            "INSERT INTO role_definitions(id, scope, role_name, description, permissions, assignable_scopes, "
-            "created, updated) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT(id) DO UPDATE SET role_name=excluded.role_name, "
-            "description=excluded.description, permissions=excluded.permissions, "
-            "assignable_scopes=excluded.assignable_scopes, updated=excluded.updated",
-            row.id.lower(),
-            row.scope,
-            row.role_name,
-            row.description,
-            _json(row.permissions),
-            _json(row.assignable_scopes),
-            row.created,
-            row.updated,
-        )
-
-    def role_definition_delete(self, role_id: str) -> None:
-        self.touch(ACCESS)
-        self._run("DELETE FROM role_definitions WHERE id = %s", role_id.lower())
-
-    def role_assignment_get(self, assignment_id: str) -> RoleAssignmentRow | None:
-        row = self._one("SELECT * FROM role_assignments WHERE id = %s", assignment_id.lower())
-        return role_assignment_row(row) if row else None
-
-    def role_assignment_list(self) -> list[RoleAssignmentRow]:
-        return [role_assignment_row(r) for r in self._all("SELECT * FROM role_assignments ORDER BY scope, id")]
-
-    def role_assignment_put(self, row: RoleAssignmentRow) -> None:
-        self.touch(ACCESS)
-        self._run(
-            "INSERT INTO role_assignments(id, scope, role_definition_id, principal_id, created) "
-            "VALUES (%s,%s,%s,%s,%s)",
-            row.id.lower(),
-            row.scope,
-            row.role_definition_id.lower(),
-            row.principal_id,
-            row.created,
-        )
-
-    def role_assignment_delete(self, assignment_id: str) -> None:
-        self.touch(ACCESS)
-        self._run("DELETE FROM role_assignments WHERE id = %s", assignment_id.lower())
-
-    # tenants and issuers
-    def tenant_get(self, tenant_id: str) -> TenantRow | None:
-        row = self._one("SELECT * FROM tenants WHERE id = %s", tenant_id)
-        return TenantRow(row["id"], row["display_name"], row["created"]) if row else None
-
-    def tenant_list(self) -> list[TenantRow]:
-        return [TenantRow(r["id"], r["display_name"], r["created"]) for r in self._all("SELECT * FROM tenants")]
-
-    def tenant_put(self, row: TenantRow) -> None:
-        self.touch(IDENTITY)
-        self._run(
-            "INSERT INTO tenants(id, display_name, created) VALUES (%s,%s,%s) "
-            "ON CONFLICT(id) DO UPDATE SET display_name=excluded.display_name",
-            row.id,
-            row.display_name,
-            row.created,
-        )
-
-    def issuer_list(self, tenant_id: str | None = None) -> list[IssuerRow]:
-        if tenant_id is None:
-            return [issuer_row(r) for r in self._all("SELECT * FROM issuers ORDER BY tenant_id, issuer")]
-        rows = self._all("SELECT * FROM issuers WHERE tenant_id = %s ORDER BY issuer", tenant_id)
-        return [issuer_row(r) for r in rows]
-
-    def issuer_put(self, row: IssuerRow) -> None:
-        self.touch(IDENTITY)
-        self._run(
-            "INSERT INTO issuers(id, tenant_id, issuer, jwks, audience, created) VALUES (%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT(id) DO UPDATE SET jwks=excluded.jwks, audience=excluded.audience",
-            row.id,
-            row.tenant_id,
-            row.issuer,
-            row.jwks,
-            row.audience,
-            row.created,
-        )
-
-    def issuer_delete(self, issuer_id: str) -> None:
-        self.touch(IDENTITY)
-        self._run("DELETE FROM issuers WHERE id = %s", issuer_id)
-
-    # objects
-    def object_get(self, vault: str, kind: str, name: str) -> ObjectRow | None:
-        row = self._one(
-            "SELECT * FROM objects WHERE vault = %s AND kind = %s AND name_key = %s", vault.lower(), kind, name.lower()
-        )
-        return object_row(row) if row else None
-
-    def object_put(self, row: ObjectRow) -> None:
-        self._run(
-            "INSERT INTO objects(vault, kind, name_key, name, latest, deleted, purge_at, data) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT(vault, kind, name_key) DO UPDATE SET latest=excluded.latest, "
-            "deleted=excluded.deleted, purge_at=excluded.purge_at, data=excluded.data",
-            row.vault.lower(),
-            row.kind,
-            row.name.lower(),
-            row.name,
-            row.latest,
-            row.deleted,
-            row.purge_at,
-            _json(row.data) if row.data else None,
-        )
-
-    def object_purge(self, vault: str, kind: str, name: str) -> None:
-        args = (vault.lower(), kind, name.lower())
-        self._run("DELETE FROM versions WHERE vault = %s AND kind = %s AND name_key = %s", *args)
-        self._run("DELETE FROM objects WHERE vault = %s AND kind = %s AND name_key = %s", *args)
-
-    def object_list(self, vault: str, kind: str, *, deleted: bool, after: str | None, limit: int) -> list[ObjectRow]:
-        condition = "deleted IS NOT NULL" if deleted else "deleted IS NULL"
-        rows = self._all(
-            f"SELECT * FROM objects WHERE vault = %s AND kind = %s AND {condition} AND name_key > %s "  # noqa: S608
-            "ORDER BY name_key LIMIT %s",
-            vault.lower(),
-            kind,
-            after or "",
-            limit,
-        )
-        return [object_row(r) for r in rows]
-
-    def objects_due_for_purge(self, now: int, limit: int) -> list[ObjectRow]:
-        rows = self._all(
-            "SELECT * FROM objects WHERE purge_at IS NOT NULL AND purge_at <= %s ORDER BY purge_at LIMIT %s",
-            now,
-            limit,
-        )
-        return [object_row(r) for r in rows]
-
-    # versions
-    def version_get(self, vault: str, kind: str, name: str, version: str) -> VersionRow | None:
-        row = self._one(
-            f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
-            "WHERE vault = %s AND kind = %s AND name_key = %s AND version = %s",
-            vault.lower(),
-            kind,
-            name.lower(),
-            version.lower(),
-        )
-        return version_row(row) if row else None
-
-    def version_put(self, row: VersionRow) -> None:
-        key = (row.vault.lower(), row.kind, row.name.lower())
-        existing = self._one(
-            "SELECT seq FROM versions WHERE vault = %s AND kind = %s AND name_key = %s AND version = %s",
-            *key,
-            row.version.lower(),
-        )
-        if existing is None:
-            top = self._one(
-                "SELECT COALESCE(MAX(seq), 0) AS top FROM versions WHERE vault = %s AND kind = %s AND name_key = %s",
-                *key,
-            )
-            row.seq = (top["top"] if top else 0) + 1
-        else:
-            row.seq = existing["seq"]
-        self._run(
-            "INSERT INTO versions(vault, kind, name_key, name, version, created, updated, enabled, nbf, exp, "
-            "content_type, tags, managed, kid, payload, seq, extra) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT(vault, kind, name_key, version) DO UPDATE SET updated=excluded.updated, "
-            "enabled=excluded.enabled, nbf=excluded.nbf, exp=excluded.exp, content_type=excluded.content_type, "
-            "tags=excluded.tags, managed=excluded.managed, kid=excluded.kid, payload=excluded.payload, "
-            "extra=excluded.extra",
-            *key,
-            row.name,
-            row.version.lower(),
-            row.created,
-            row.updated,
-            int(row.enabled),
-            row.nbf,
-            row.exp,
-            row.content_type,
-            _json(row.tags) if row.tags is not None else None,
-            int(row.managed),
-            row.kid,
-            row.payload,
-            row.seq,
-            _json(row.extra) if row.extra else None,
-        )
-
-    def version_list(self, vault: str, kind: str, name: str, *, after_seq: int | None, limit: int) -> list[VersionRow]:
-        rows = self._all(
-            f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
-            "WHERE vault = %s AND kind = %s AND name_key = %s AND seq > %s ORDER BY seq LIMIT %s",
-            vault.lower(),
-            kind,
-            name.lower(),
-            after_seq or 0,
-            limit,
-        )
-        return [version_row(r) for r in rows]
-
-    def latest_versions(self, vault: str, kind: str, objects: list[ObjectRow]) -> dict[str, VersionRow]:
-        wanted = [(o.name.lower(), o.latest) for o in objects if o.latest]
-        if not wanted:
-            return {}
-        rows = self._all(
-            f"SELECT {_VERSION_COLUMNS} FROM versions "  # noqa: S608
-            "WHERE vault = %s AND kind = %s "
-            "AND (name_key, version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-            vault.lower(),
+    def _wanted_versions(self, vault_key: str, kind: str, wanted: list[tuple[str, str]]) -> list[DictRow]:
+        return self._all(
+            f"SELECT {VERSION_COLUMNS} FROM versions "  # noqa: S608
+            "WHERE vault = ? AND kind = ? "
+            "AND (name_key, version) IN (SELECT * FROM unnest(?::text[], ?::text[]))",
+            vault_key,
             kind,
             [name_key for name_key, _ in wanted],
             [version for _, version in wanted],
         )
-        return {r["name"].lower(): version_row(r) for r in rows}
 
     # the change feed
     def record_changes(self) -> None:
@@ -480,13 +110,19 @@ class _PostgresTransaction(Transaction):
         if not self.touched:
             return
         self._run(
-            "WITH added AS (INSERT INTO changes(topic, at) SELECT topic, %s FROM unnest(%s::text[]) AS topic "
-            "RETURNING seq) DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM added) - %s",
+            "WITH added AS (INSERT INTO changes(topic, at) SELECT topic, ? FROM unnest(?::text[]) AS topic "
+            "RETURNING seq) DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM added) - ?",
             int(time.time()),
             sorted(self.touched),
-            _CHANGES_KEPT,
+            CHANGES_KEPT,
         )
         self._run(f"NOTIFY {CHANNEL}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _psycopg_style(query: str) -> str:
+    """A `?`-marked statement (see sql_transaction) with psycopg's `%s` markers (a literal `%` doubled)."""
+    return query.replace("%", "%%").replace("?", "%s")
 
 
 Connection = psycopg.Connection[TupleRow]
