@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import sqlite3
 import threading
@@ -82,6 +83,33 @@ def _record_changes(conn: sqlite3.Connection, topics: set[str]) -> None:
     conn.execute("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (CHANGES_KEPT,))
 
 
+class _FifoLock:
+    """A lock granted in arrival order. threading.Lock is not fair: under a steady stream of writers, each holding
+    it across two fsyncs, some waited seconds while others went round again (p99 of secret set at 16 clients: 1.4 s)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def __enter__(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder before us, which hands the lock over without releasing it
+
+    def __exit__(self, *exc: object) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+
 class SqliteStorage(Storage):
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -89,7 +117,7 @@ class SqliteStorage(Storage):
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._leader_file: BinaryIO | None = None
-        self._write_lock = threading.RLock()
+        self._write_lock = _FifoLock()
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -139,7 +167,7 @@ class SqliteStorage(Storage):
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
-        # One writer at a time in this process: threads queue on a lock instead of sleeping in SQLite's busy
+        # One writer at a time in this process: threads queue in arrival order instead of sleeping in SQLite's busy
         # handler (which backs off up to 100 ms); other processes still wait through busy_timeout.
         with self._write_lock:
             yield from self._write()
