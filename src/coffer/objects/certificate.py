@@ -8,13 +8,11 @@ import base64
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import orjson
+from typing import Any, TypedDict
 
 from coffer.barrier import VaultView
 from coffer.clock import now
-from coffer.crypto import certs, envelope
+from coffer.crypto import certs
 from coffer.crypto.keys import (
     CURVES,
     HSM_TYPES,
@@ -210,17 +208,11 @@ def create(
         if policy["issuer"]["name"] == "Unknown":
             _start_pending(view, obj, signer, material, policy, tags, attrs, reused=reused)
             return obj, None
-        sans = x5.get("sans") or {}
         try:
             der = certs.issue(
                 signer,
                 (ca[0], ca[1][0]) if ca is not None else None,
-                subject=x5.get("subject") or "",
-                dns_names=list(sans.get("dns_names") or []),
-                emails=list(sans.get("emails") or []),
-                upns=list(sans.get("upns") or []),
-                key_usage=list(x5.get("key_usage") or []),
-                ekus=list(x5.get("ekus") or []),
+                **_subject(x5),
                 validity_months=int(x5["validity_months"]),
             )
         except (certs.CertificateError, KeyOperationError) as exc:
@@ -231,6 +223,28 @@ def create(
         if not reused:  # an HSM key made for nothing leaves the token again
             _destroy_quietly(backend, material)
         raise
+
+
+class _Subject(TypedDict):
+    subject: str
+    dns_names: list[str]
+    emails: list[str]
+    upns: list[str]
+    key_usage: list[str]
+    ekus: list[str]
+
+
+def _subject(x5: dict[str, Any]) -> _Subject:
+    """What a policy's x509_props ask of a certificate or CSR: subject, alternative names and usages."""
+    sans = x5.get("sans") or {}
+    return _Subject(
+        subject=x5.get("subject") or "",
+        dns_names=list(sans.get("dns_names") or []),
+        emails=list(sans.get("emails") or []),
+        upns=list(sans.get("upns") or []),
+        key_usage=list(x5.get("key_usage") or []),
+        ekus=list(x5.get("ekus") or []),
+    )
 
 
 def _destroy_quietly(backend: KeyBackend, material: KeyMaterial) -> None:
@@ -359,18 +373,8 @@ def _start_pending(
 ) -> None:
     """Issuer Unknown: keep the new key (sealed; an HSM key's reference) and its CSR until the signed certificate is
     merged."""
-    x5 = policy["x509_props"]
-    sans = x5.get("sans") or {}
     try:
-        csr = certs.build_csr(
-            signer,
-            subject=x5.get("subject") or "",
-            dns_names=list(sans.get("dns_names") or []),
-            emails=list(sans.get("emails") or []),
-            upns=list(sans.get("upns") or []),
-            key_usage=list(x5.get("key_usage") or []),
-            ekus=list(x5.get("ekus") or []),
-        )
+        csr = certs.build_csr(signer, **_subject(policy["x509_props"]))
     except (certs.CertificateError, KeyOperationError) as exc:
         raise BadParameter(str(exc)) from None
     request_id = rules.new_version()
@@ -631,8 +635,7 @@ def recover(view: VaultView, name: str) -> Certificate:
 
 
 def purge(view: VaultView, backends: keys.Backends, name: str) -> None:
-    obj = lifecycle.deleted(view, KIND, name)
-    lifecycle.check_purge_allowed(view)
+    obj = lifecycle.purgeable(view, KIND, name)
     release_hsm_objects(view, backends, obj)
     for companion in _companions(view, obj.name, deleted=True):
         if companion.kind == keys.KIND:
@@ -642,103 +645,72 @@ def purge(view: VaultView, backends: keys.Backends, name: str) -> None:
 
 
 def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int) -> list[Certificate]:
-    objects = view.object_list(KIND, deleted=deleted, after=after, limit=limit)
-    latest = view.latest_versions(KIND, objects)
-    return [Certificate(o, latest[o.name.lower()]) for o in objects if o.name.lower() in latest]
+    found = lifecycle.latest_rows(view, KIND, deleted=deleted, after=after, limit=limit)
+    return [Certificate(o, r) for o, r in found]
 
 
 def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: int) -> list[Certificate]:
-    obj = lifecycle.live(view, KIND, name)
-    return [Certificate(obj, row) for row in view.version_list(KIND, obj.name, after_seq=after_seq, limit=limit)]
+    obj, rows = lifecycle.version_rows(view, KIND, name, after_seq=after_seq, limit=limit)
+    return [Certificate(obj, row) for row in rows]
 
 
 # --- backup and restore --------------------------------------------------------------------------------------
-_BACKUP_FORMAT = 1
-MAX_BACKUP_VERSIONS = 500
-_BAD_BACKUP = "Backup blob contains invalid data. It may have been made by another installation or altered."
-
-
 def backup(view: VaultView, name: str) -> bytes:
     """The certificate object with every version, plus the sealed backups of its backing key and secret."""
-    obj = lifecycle.live(view, KIND, name)
-    rows = view.version_list(KIND, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
-    if len(rows) > MAX_BACKUP_VERSIONS:
-        raise BadParameter(f"Backup of a certificate with more than {MAX_BACKUP_VERSIONS} versions is not supported.")
-    document = {
-        "format": _BACKUP_FORMAT,
-        "kind": KIND,
-        "name": obj.name,
-        "latest": obj.latest,
-        "data": obj.data,
-        "versions": [
-            {
-                "version": r.version,
-                "created": r.created,
-                "updated": r.updated,
-                "enabled": r.enabled,
-                "nbf": r.nbf,
-                "exp": r.exp,
-                "contentType": r.content_type,
-                "tags": r.tags,
-                "extra": r.extra,
-            }
-            for r in rows
-        ],
-        "key": keys.backup(view, obj.name).hex(),
-        "secret": secrets.backup(view, obj.name).hex(),
-    }
-    return view.barrier.seal_backup(KIND, orjson.dumps(document))
+    obj, rows = lifecycle.backup_rows(view, KIND, name)
+    versions = [
+        {**lifecycle.backup_version(r), "contentType": r.content_type, "tags": r.tags, "extra": r.extra} for r in rows
+    ]
+    return lifecycle.seal_backup(
+        view,
+        obj,
+        versions,
+        with_data=True,
+        key=keys.backup(view, obj.name).hex(),
+        secret=secrets.backup(view, obj.name).hex(),
+    )
+
+
+def _parse_backup(
+    view: VaultView, document: dict[str, Any]
+) -> tuple[str, str, list[VersionRow], dict[str, Any], bytes, bytes]:
+    """(name, latest version, versions, object data, key backup blob, secret backup blob)"""
+    name, latest = str(document["name"]), str(document["latest"])
+    rules.check_name(name, "certificate")
+    rows = []
+    for item in document["versions"]:
+        dates = rules.check_attributes({"nbf": item["nbf"], "exp": item["exp"]})
+        extra = item["extra"]
+        if not isinstance(extra, dict) or not isinstance(extra.get("cer"), str):
+            raise ValueError("invalid version")
+        rows.append(
+            VersionRow(
+                vault=view.name,
+                kind=KIND,
+                name=name,
+                version=str(item["version"]),
+                created=int(item["created"]),
+                updated=int(item["updated"]),
+                enabled=bool(item["enabled"]),
+                nbf=dates["nbf"],
+                exp=dates["exp"],
+                content_type=rules.check_content_type(item["contentType"]),
+                tags=rules.check_tags(item["tags"]),
+                extra=extra,
+            )
+        )
+    lifecycle.latest_restored(rows, latest)
+    key_blob, secret_blob = bytes.fromhex(document["key"]), bytes.fromhex(document["secret"])
+    return name, latest, rows, dict(document.get("data") or {}), key_blob, secret_blob
 
 
 def restore(view: VaultView, blob: bytes) -> Certificate:
-    try:
-        document = orjson.loads(view.barrier.open_backup(KIND, blob))
-        if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND:
-            raise ValueError("unexpected backup document")
-        name, latest = str(document["name"]), str(document["latest"])
-        rules.check_name(name, "certificate")
-        rows = []
-        for item in document["versions"]:
-            dates = rules.check_attributes({"nbf": item["nbf"], "exp": item["exp"]})
-            extra = item["extra"]
-            if not isinstance(extra, dict) or not isinstance(extra.get("cer"), str):
-                raise ValueError("invalid version")
-            rows.append(
-                VersionRow(
-                    vault=view.name,
-                    kind=KIND,
-                    name=name,
-                    version=str(item["version"]),
-                    created=int(item["created"]),
-                    updated=int(item["updated"]),
-                    enabled=bool(item["enabled"]),
-                    nbf=dates["nbf"],
-                    exp=dates["exp"],
-                    content_type=rules.check_content_type(item["contentType"]),
-                    tags=rules.check_tags(item["tags"]),
-                    extra=extra,
-                )
-            )
-        if latest not in {r.version for r in rows}:
-            raise ValueError("latest version missing")
-        key_blob, secret_blob = bytes.fromhex(document["key"]), bytes.fromhex(document["secret"])
-        data = dict(document.get("data") or {})
-    except (envelope.DecryptionFailed, BadParameter, ValueError, KeyError, TypeError):
-        raise BadParameter(_BAD_BACKUP) from None
-    for kind in (KIND, keys.KIND, "secret"):
-        if view.object_get(kind, name) is not None:
-            raise Conflict(
-                f"There was a conflict restoring the certificate '{name}'. This can happen if either: a second "
-                "certificate, key or secret with the same name was created after the first certificate was deleted; "
-                "or the certificate was recovered before the restore."
-            )
+    parsed = lifecycle.read_backup(view, KIND, blob, lambda document: _parse_backup(view, document))
+    name, latest, rows, data, key_blob, secret_blob = parsed
+    lifecycle.check_restorable(view, KIND, name, (keys.KIND, secrets.KIND))
     keys.restore(view, key_blob)
     secrets.restore(view, secret_blob)
-    obj = ObjectRow(vault=view.name, kind=KIND, name=name, latest=latest, data=data)
-    for row in rows:
-        view.version_put(row)
-    view.object_put(obj)
-    return Certificate(obj, next(r for r in rows if r.version == latest))
+    return Certificate(*lifecycle.put_restored(view, KIND, name, latest, rows, data))
 
 
 # --- contacts and issuers (per vault settings, kept as objects of their own kinds) -------------------------------

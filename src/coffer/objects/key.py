@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from coffer.barrier import VaultView
 from coffer.clock import now
-from coffer.crypto import envelope
 from coffer.crypto.keys import HSM_TYPES, SOFTWARE_TYPES, KeyBackend, KeyMaterial, KeyOperationError
-from coffer.errors import BadParameter, Conflict, Forbidden
+from coffer.errors import BadParameter, Forbidden
 from coffer.objects import lifecycle, rules
 from coffer.storage import ObjectRow, VersionRow
 
@@ -32,8 +29,6 @@ DEFAULT_OPS = {
 }
 # Operations still allowed outside a key's nbf/exp window (Key Vault's rule).
 _ALLOWED_OUTSIDE_DATES = frozenset({"decrypt", "unwrapKey", "verify"})
-_BACKUP_FORMAT = 1
-MAX_BACKUP_VERSIONS = 500
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?$")
 
 
@@ -261,8 +256,7 @@ def recover(view: VaultView, name: str) -> Key:
 
 
 def purge(view: VaultView, backends: Backends, name: str) -> None:
-    obj = lifecycle.deleted(view, KIND, name)
-    lifecycle.check_purge_allowed(view)
+    obj = lifecycle.purgeable(view, KIND, name)
     destroy_versions(view, backends, obj)
     view.object_purge(KIND, obj.name)
 
@@ -281,14 +275,12 @@ def destroy_versions(view: VaultView, backends: Backends, obj: ObjectRow) -> Non
 
 
 def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int) -> list[Key]:
-    objects = view.object_list(KIND, deleted=deleted, after=after, limit=limit)
-    latest = view.latest_versions(KIND, objects)
-    return [Key(o, latest[o.name.lower()]) for o in objects if o.name.lower() in latest]
+    return [Key(o, r) for o, r in lifecycle.latest_rows(view, KIND, deleted=deleted, after=after, limit=limit)]
 
 
 def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: int) -> list[Key]:
-    obj = lifecycle.live(view, KIND, name)
-    return [Key(obj, row) for row in view.version_list(KIND, obj.name, after_seq=after_seq, limit=limit)]
+    obj, rows = lifecycle.version_rows(view, KIND, name, after_seq=after_seq, limit=limit)
+    return [Key(obj, row) for row in rows]
 
 
 # --- cryptographic operations ----------------------------------------------------------------------------
@@ -451,77 +443,49 @@ def due_action(key: Key, at: int) -> str | None:
 
 # --- backup and restore ----------------------------------------------------------------------------------
 def backup(view: VaultView, name: str) -> bytes:
-    obj = lifecycle.live(view, KIND, name)
-    rows = view.version_list(KIND, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
-    if len(rows) > MAX_BACKUP_VERSIONS:
-        raise BadParameter(f"Backup of a key with more than {MAX_BACKUP_VERSIONS} versions is not supported.")
-    document = {
-        "format": _BACKUP_FORMAT,
-        "kind": KIND,
-        "name": obj.name,
-        "latest": obj.latest,
-        "data": obj.data,
-        "versions": [
-            {
-                "version": r.version,
-                "created": r.created,
-                "updated": r.updated,
-                "enabled": r.enabled,
-                "nbf": r.nbf,
-                "exp": r.exp,
-                "tags": r.tags,
-                "managed": r.managed,
-                "extra": r.extra,
-                "key": view.open(KIND, r.name, r.version, "key", r.payload).hex(),
-            }
-            for r in rows
-        ],
-    }
-    return view.barrier.seal_backup(KIND, orjson.dumps(document))
+    obj, rows = lifecycle.backup_rows(view, KIND, name)
+    versions = [
+        {
+            **lifecycle.backup_version(r),
+            "tags": r.tags,
+            "managed": r.managed,
+            "extra": r.extra,
+            "key": view.open(KIND, r.name, r.version, "key", r.payload).hex(),
+        }
+        for r in rows
+    ]
+    return lifecycle.seal_backup(view, obj, versions, with_data=True)
+
+
+def _parse_backup(view: VaultView, document: dict[str, Any]) -> tuple[str, str, list[VersionRow], dict[str, Any]]:
+    name, latest = rules.check_name(str(document["name"]), "key"), str(document["latest"])
+    rows = []
+    for item in document["versions"]:
+        version = str(item["version"])
+        if not re.fullmatch(r"[0-9a-f]{32}", version) or not isinstance(item["extra"], dict):
+            raise ValueError("bad version")
+        rows.append(
+            VersionRow(
+                vault=view.name,
+                kind=KIND,
+                name=name,
+                version=version,
+                created=int(item["created"]),
+                updated=int(item["updated"]),
+                enabled=bool(item["enabled"]),
+                nbf=item["nbf"],
+                exp=item["exp"],
+                tags=rules.check_tags(item["tags"]),
+                managed=bool(item["managed"]),
+                extra=item["extra"],
+                payload=view.seal(KIND, name, version, "key", bytes.fromhex(item["key"])),
+            )
+        )
+    lifecycle.latest_restored(rows, latest)
+    return name, latest, rows, dict(document.get("data") or {})
 
 
 def restore(view: VaultView, blob: bytes) -> Key:
-    try:
-        document = orjson.loads(view.barrier.open_backup(KIND, blob))
-        if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND:
-            raise ValueError("unexpected backup document")
-        name, latest = rules.check_name(str(document["name"]), "key"), str(document["latest"])
-        rows = []
-        for item in document["versions"]:
-            version = str(item["version"])
-            if not re.fullmatch(r"[0-9a-f]{32}", version) or not isinstance(item["extra"], dict):
-                raise ValueError("bad version")
-            rows.append(
-                VersionRow(
-                    vault=view.name,
-                    kind=KIND,
-                    name=name,
-                    version=version,
-                    created=int(item["created"]),
-                    updated=int(item["updated"]),
-                    enabled=bool(item["enabled"]),
-                    nbf=item["nbf"],
-                    exp=item["exp"],
-                    tags=rules.check_tags(item["tags"]),
-                    managed=bool(item["managed"]),
-                    extra=item["extra"],
-                    payload=view.seal(KIND, name, version, "key", bytes.fromhex(item["key"])),
-                )
-            )
-        if not rows or latest not in {r.version for r in rows}:
-            raise ValueError("no latest version")
-    except (envelope.DecryptionFailed, ValueError, KeyError, TypeError, BadParameter):
-        raise BadParameter(
-            "Backup blob contains invalid data. It may have been made by another installation or altered."
-        ) from None
-    if view.object_get(KIND, name) is not None:
-        raise Conflict(
-            f"There was a conflict restoring the key '{name}'. This can happen if either: a second key "
-            "with the same name was created after the first key was deleted; or the key was recovered "
-            "before the restore."
-        )
-    obj = ObjectRow(vault=view.name, kind=KIND, name=name, latest=latest, data=dict(document.get("data") or {}))
-    for row in rows:
-        view.version_put(row)
-    view.object_put(obj)
-    return Key(obj, next(r for r in rows if r.version == latest))
+    name, latest, rows, data = lifecycle.read_backup(view, KIND, blob, lambda document: _parse_backup(view, document))
+    lifecycle.check_restorable(view, KIND, name)
+    return Key(*lifecycle.put_restored(view, KIND, name, latest, rows, data))

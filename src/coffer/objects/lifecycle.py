@@ -1,13 +1,21 @@
 """What secrets, keys and certificates share: lookups of live and soft-deleted objects with Azure's errors,
-soft delete, recover and purge."""
+listings, soft delete, recover and purge, and the sealed backup document with its restore checks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+
 from coffer.barrier import VaultView
 from coffer.clock import now
-from coffer.errors import Conflict, Forbidden, NotFound
+from coffer.crypto import envelope
+from coffer.errors import BadParameter, Conflict, Forbidden, NotFound
 from coffer.objects import rules
 from coffer.storage import ObjectRow, VersionRow
+
+_T = TypeVar("_T")
 
 _TITLES = {
     "secret": ("secret", "Secret", "SecretNotFound"),
@@ -72,6 +80,13 @@ def soft_delete(view: VaultView, obj: ObjectRow) -> None:
     view.object_put(obj)
 
 
+def purgeable(view: VaultView, kind: str, name: str) -> ObjectRow:
+    """The soft-deleted object to purge: 404 when there is none, then 403 under purge protection."""
+    obj = deleted(view, kind, name)
+    check_purge_allowed(view)
+    return obj
+
+
 def recover(view: VaultView, obj: ObjectRow) -> None:
     obj.deleted = obj.purge_at = None
     view.object_put(obj)
@@ -98,3 +113,112 @@ def refuse_if_managed(view: VaultView, kind: str, obj: ObjectRow | None, verb: s
             "certificate's operations instead.",
             inner="ManagedObject",
         )
+
+
+# --- listings ----------------------------------------------------------------------------------------------------
+def latest_rows(
+    view: VaultView, kind: str, *, deleted: bool, after: str | None, limit: int
+) -> list[tuple[ObjectRow, VersionRow]]:
+    """A page of live (or soft-deleted) objects, each with its latest version."""
+    objects = view.object_list(kind, deleted=deleted, after=after, limit=limit)
+    latest = view.latest_versions(kind, objects)
+    return [(o, latest[o.name.lower()]) for o in objects if o.name.lower() in latest]
+
+
+def version_rows(
+    view: VaultView, kind: str, name: str, *, after_seq: int | None, limit: int
+) -> tuple[ObjectRow, list[VersionRow]]:
+    """A live object and a page of its versions."""
+    obj = live(view, kind, name)
+    return obj, view.version_list(kind, obj.name, after_seq=after_seq, limit=limit)
+
+
+# --- backup and restore ------------------------------------------------------------------------------------------
+# The plaintext of a backup blob (sealed under the installation's backup key, bound to the kind):
+#   {"format": 1, "kind", "name", "latest", ["data"], "versions": [{"version", "created", "updated", "enabled",
+#    "nbf", "exp", <fields of the kind>}], <more fields of the kind>}
+BACKUP_FORMAT = 1
+MAX_BACKUP_VERSIONS = 500
+BAD_BACKUP = "Backup blob contains invalid data. It may have been made by another installation or altered."
+
+
+def backup_rows(view: VaultView, kind: str, name: str) -> tuple[ObjectRow, list[VersionRow]]:
+    """A live object and all its versions, at most MAX_BACKUP_VERSIONS of them."""
+    obj = live(view, kind, name)
+    rows = view.version_list(kind, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
+    if len(rows) > MAX_BACKUP_VERSIONS:
+        raise BadParameter(
+            f"Backup of a {_TITLES[kind][0]} with more than {MAX_BACKUP_VERSIONS} versions is not supported."
+        )
+    return obj, rows
+
+
+def backup_version(row: VersionRow) -> dict[str, Any]:
+    """The fields every kind's backup keeps of a version; each kind adds its own after them."""
+    return {
+        "version": row.version,
+        "created": row.created,
+        "updated": row.updated,
+        "enabled": row.enabled,
+        "nbf": row.nbf,
+        "exp": row.exp,
+    }
+
+
+def seal_backup(
+    view: VaultView, obj: ObjectRow, versions: list[dict[str, Any]], *, with_data: bool, **more: Any
+) -> bytes:
+    """The backup blob of `obj`: its document (with the object's `data` when `with_data`, then `more`), sealed."""
+    document: dict[str, Any] = {"format": BACKUP_FORMAT, "kind": obj.kind, "name": obj.name, "latest": obj.latest}
+    if with_data:
+        document["data"] = obj.data
+    document["versions"] = versions
+    document.update(more)
+    return view.barrier.seal_backup(obj.kind, orjson.dumps(document))
+
+
+def read_backup(view: VaultView, kind: str, blob: bytes, parse: Callable[[dict[str, Any]], _T]) -> _T:
+    """Open a backup blob of this kind and `parse` its document (which raises ValueError, KeyError, TypeError or
+    BadParameter on anything wrong): a blob of another installation, kind or format, or altered, is a 400."""
+    try:
+        document = orjson.loads(view.barrier.open_backup(kind, blob))
+        if not isinstance(document, dict):
+            raise ValueError("backup document is not an object")
+        if document.get("format") != BACKUP_FORMAT or document.get("kind") != kind:
+            raise ValueError("unexpected backup document")
+        return parse(document)
+    except (envelope.DecryptionFailed, BadParameter, ValueError, KeyError, TypeError):
+        raise BadParameter(BAD_BACKUP) from None
+
+
+def latest_restored(rows: list[VersionRow], latest: str) -> VersionRow:
+    """The latest version among those of a backup; ValueError when the backup lacks it (or has no versions)."""
+    for row in rows:
+        if row.version == latest:
+            return row
+    raise ValueError("latest version missing")
+
+
+def check_restorable(view: VaultView, kind: str, name: str, companions: tuple[str, ...] = ()) -> None:
+    """409 while the name is taken, live or soft-deleted, by the kind restored or by one of its `companions`."""
+    word = _TITLES[kind][0]
+    words = [word, *(_TITLES[k][0] for k in companions)]
+    rivals = word if not companions else f"{', '.join(words[:-1])} or {words[-1]}"
+    for taken in (kind, *companions):
+        if view.object_get(taken, name) is not None:
+            raise Conflict(
+                f"There was a conflict restoring the {word} '{name}'. This can happen if either: a second {rivals} "
+                f"with the same name was created after the first {word} was deleted; or the {word} was recovered "
+                "before the restore."
+            )
+
+
+def put_restored(
+    view: VaultView, kind: str, name: str, latest: str, rows: list[VersionRow], data: dict[str, Any] | None = None
+) -> tuple[ObjectRow, VersionRow]:
+    """Write a restored object and its versions; returns it with its latest version."""
+    obj = ObjectRow(vault=view.name, kind=kind, name=name, latest=latest, data=dict(data or {}))
+    for row in rows:
+        view.version_put(row)
+    view.object_put(obj)
+    return obj, latest_restored(rows, latest)

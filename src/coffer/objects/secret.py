@@ -6,19 +6,15 @@ import base64
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
 from coffer.barrier import VaultView
 from coffer.clock import now
-from coffer.crypto import certs, envelope
-from coffer.errors import BadParameter, Conflict, Forbidden
+from coffer.crypto import certs
+from coffer.errors import BadParameter, Forbidden
 from coffer.objects import lifecycle, rules
 from coffer.storage import ObjectRow, VersionRow
 
 KIND = "secret"
 MAX_VALUE_BYTES = 25 * 1024
-MAX_BACKUP_VERSIONS = 500
-_BACKUP_FORMAT = 1
 
 
 @dataclass
@@ -164,51 +160,34 @@ def recover(view: VaultView, name: str) -> Secret:
 
 
 def purge(view: VaultView, name: str) -> None:
-    obj = lifecycle.deleted(view, KIND, name)
-    lifecycle.check_purge_allowed(view)
+    obj = lifecycle.purgeable(view, KIND, name)
     view.object_purge(KIND, obj.name)
 
 
 def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int) -> list[Secret]:
-    objects = view.object_list(KIND, deleted=deleted, after=after, limit=limit)
-    latest = view.latest_versions(KIND, objects)
-    return [Secret(o, latest[o.name.lower()]) for o in objects if o.name.lower() in latest]
+    return [Secret(o, r) for o, r in lifecycle.latest_rows(view, KIND, deleted=deleted, after=after, limit=limit)]
 
 
 def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: int) -> list[Secret]:
-    obj = _live(view, name)
-    return [Secret(obj, row) for row in view.version_list(KIND, obj.name, after_seq=after_seq, limit=limit)]
+    obj, rows = lifecycle.version_rows(view, KIND, name, after_seq=after_seq, limit=limit)
+    return [Secret(obj, row) for row in rows]
 
 
 def backup(view: VaultView, name: str) -> bytes:
-    obj = _live(view, name)
-    rows = view.version_list(KIND, obj.name, after_seq=None, limit=MAX_BACKUP_VERSIONS + 1)
-    if len(rows) > MAX_BACKUP_VERSIONS:
-        raise BadParameter(f"Backup of a secret with more than {MAX_BACKUP_VERSIONS} versions is not supported.")
-    document = {
-        "format": _BACKUP_FORMAT,
-        "kind": KIND,
-        "name": obj.name,
-        "latest": obj.latest,
-        "versions": [
-            {
-                "version": r.version,
-                "created": r.created,
-                "updated": r.updated,
-                "enabled": r.enabled,
-                "nbf": r.nbf,
-                "exp": r.exp,
-                "contentType": r.content_type,
-                "tags": r.tags,
-                "managed": r.managed,
-                "kid": r.kid,
-                "extra": r.extra,
-                "value": _open_value(view, r),
-            }
-            for r in rows
-        ],
-    }
-    return view.barrier.seal_backup(KIND, orjson.dumps(document))
+    obj, rows = lifecycle.backup_rows(view, KIND, name)
+    versions = [
+        {
+            **lifecycle.backup_version(r),
+            "contentType": r.content_type,
+            "tags": r.tags,
+            "managed": r.managed,
+            "kid": r.kid,
+            "extra": r.extra,
+            "value": _open_value(view, r),
+        }
+        for r in rows
+    ]
+    return lifecycle.seal_backup(view, obj, versions, with_data=False)
 
 
 def _restored_rows(view: VaultView, name: str, versions: list[Any], latest: str) -> list[VersionRow]:
@@ -247,34 +226,16 @@ def _restored_rows(view: VaultView, name: str, versions: list[Any], latest: str)
                 payload=view.seal(KIND, name, version, "value", value.encode("utf-8")),
             )
         )
-    if latest not in {row.version for row in rows}:
-        raise ValueError("latest version missing")
+    lifecycle.latest_restored(rows, latest)
     return rows
 
 
+def _parse_backup(view: VaultView, document: dict[str, Any]) -> tuple[str, str, list[VersionRow]]:
+    name, latest = str(document["name"]), str(document["latest"])
+    return name, latest, _restored_rows(view, name, list(document["versions"]), latest)
+
+
 def restore(view: VaultView, blob: bytes) -> Secret:
-    try:
-        document = orjson.loads(view.barrier.open_backup(KIND, blob))
-        name = str(document["name"])
-        versions = list(document["versions"])
-        latest = str(document["latest"])
-        if document.get("format") != _BACKUP_FORMAT or document.get("kind") != KIND or not versions:
-            raise ValueError("unexpected backup document")
-        rows = _restored_rows(view, name, versions, latest)
-    except (envelope.DecryptionFailed, BadParameter, ValueError, KeyError, TypeError):
-        raise BadParameter(
-            "Backup blob contains invalid data. It may have been made by another installation or altered.",
-            code="BadParameter",
-        ) from None
-    existing = view.object_get(KIND, name)
-    if existing is not None:
-        raise Conflict(
-            f"There was a conflict restoring the secret '{name}'. This can happen if either: a second secret "
-            "with the same name was created after the first secret was deleted; or the secret was "
-            "recovered before the restore."
-        )
-    obj = ObjectRow(vault=view.name, kind=KIND, name=name, latest=latest)
-    for row in rows:
-        view.version_put(row)
-    view.object_put(obj)
-    return Secret(obj, next(row for row in rows if row.version == latest))
+    name, latest, rows = lifecycle.read_backup(view, KIND, blob, lambda document: _parse_backup(view, document))
+    lifecycle.check_restorable(view, KIND, name)
+    return Secret(*lifecycle.put_restored(view, KIND, name, latest, rows))
