@@ -15,6 +15,7 @@ from typing import Any
 
 from coffer.api import wire
 from coffer.api.request import ApiRequest
+from coffer.api.routes import _objects
 from coffer.api.routing import Route
 from coffer.core import Context, Operation, Result
 from coffer.objects import certificate, key, rules
@@ -101,6 +102,27 @@ def _deleted_fields(req: ApiRequest, obj: ObjectRow) -> dict[str, Any]:
     }
 
 
+def _item(req: ApiRequest, vault: VaultRow, item: certificate.Certificate, versioned: bool) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "id": _cert_id(req, item.obj, item.row.version if versioned else None),
+        "x5t": item.x5t,
+        "attributes": _attributes(item.row, vault),
+    }
+    if item.row.tags is not None:
+        value["tags"] = item.row.tags
+    return value
+
+
+_KIND: _objects.ObjectKind[certificate.Certificate] = _objects.ObjectKind(
+    operation="Certificate",
+    collection="certificates",
+    read_action="read",
+    bundle=_bundle,
+    item=_item,
+    deleted_fields=lambda req, item: _deleted_fields(req, item.obj),
+)
+
+
 def _operation(req: ApiRequest, obj: ObjectRow, pending: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": f"{_cert_id(req, obj)}/pending",
@@ -155,23 +177,11 @@ async def import_certificate(req: ApiRequest) -> Result:
 
 
 async def backup_certificate(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        blob = certificate.backup(ctx.require_view(), name)
-        return Result(body={"value": wire.b64url_encode(blob)}, object_id=f"{req.vault_url}/certificates/{name}")
-
-    return await _run(req, "CertificateBackup", "backup/action", f"/certificates/{name}", False, run)
+    return await _objects.backup(req, _KIND, certificate.backup)
 
 
 async def restore_certificate(req: ApiRequest) -> Result:
-    body = await req.json()
-    blob = wire.b64url_decode(body.get("value"))
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, certificate.restore(ctx.require_view(), blob))
-
-    return await _run(req, "CertificateRestore", "restore/action", "/certificates", True, run)
+    return await _objects.restore(req, _KIND, certificate.restore)
 
 
 async def get_pending(req: ApiRequest) -> Result:
@@ -259,112 +269,31 @@ async def update_policy(req: ApiRequest) -> Result:
 
 
 async def delete_certificate(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, certificate.delete(ctx.require_view(), name), deleted=True)
-
-    return await _run(req, "CertificateDelete", "delete", f"/certificates/{name}", True, run)
-
-
-def _page(
-    req: ApiRequest,
-    ctx: Context,
-    items: list[certificate.Certificate],
-    size: int,
-    path: str,
-    last: str | None,
-    *,
-    versioned: bool,
-    deleted: bool = False,
-) -> Result:
-    assert ctx.vault is not None
-    values = []
-    for item in items:
-        value: dict[str, Any] = {
-            "id": _cert_id(req, item.obj, item.row.version if versioned else None),
-            "x5t": item.x5t,
-            "attributes": _attributes(item.row, ctx.vault),
-        }
-        if item.row.tags is not None:
-            value["tags"] = item.row.tags
-        if deleted:
-            value.update(_deleted_fields(req, item.obj))
-        values.append(value)
-    return Result(
-        body=wire.page(
-            values, vault_url=req.vault_url, path=path, api_version=req.info.api_version, last=last, size=size
-        )
-    )
+    return await _objects.delete(req, _KIND, certificate.delete)
 
 
 async def list_certificates(req: ApiRequest) -> Result:
-    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-
-    def run(ctx: Context) -> Result:
-        items = certificate.list_latest(ctx.require_view(), deleted=False, after=after, limit=size + 1)
-        more = len(items) > size
-        items = items[:size]
-        last = items[-1].obj.name.lower() if more and items else None
-        return _page(req, ctx, items, size, "/certificates", last, versioned=False)
-
-    return await _run(req, "CertificateList", "read", "/certificates", False, run, "list")
+    return await _objects.list_latest(req, _KIND, certificate.list_latest, deleted=False)
 
 
 async def list_deleted_certificates(req: ApiRequest) -> Result:
-    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-
-    def run(ctx: Context) -> Result:
-        items = certificate.list_latest(ctx.require_view(), deleted=True, after=after, limit=size + 1)
-        more = len(items) > size
-        items = items[:size]
-        last = items[-1].obj.name.lower() if more and items else None
-        return _page(req, ctx, items, size, "/deletedcertificates", last, versioned=False, deleted=True)
-
-    return await _run(req, "CertificateListDeleted", "read", "/deletedcertificates", False, run, "list")
+    return await _objects.list_latest(req, _KIND, certificate.list_latest, deleted=True)
 
 
 async def list_certificate_versions(req: ApiRequest) -> Result:
-    name = req.params["name"]
-    size, after = wire.page_size(req.query), wire.version_position(req.query)
-
-    def run(ctx: Context) -> Result:
-        items = certificate.list_versions(ctx.require_view(), name, after_seq=after, limit=size + 1)
-        more = len(items) > size
-        items = items[:size]
-        last = str(items[-1].row.seq) if more and items else None
-        path = f"/certificates/{items[0].obj.name if items else name}/versions"
-        return _page(req, ctx, items, size, path, last, versioned=True)
-
-    return await _run(req, "CertificateListVersions", "read", f"/certificates/{name}", False, run, "list")
+    return await _objects.list_versions(req, _KIND, certificate.list_versions)
 
 
 async def get_deleted_certificate(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, certificate.get_deleted(ctx.require_view(), name), deleted=True)
-
-    return await _run(req, "CertificateGetDeleted", "read", f"/deletedcertificates/{name}", False, run, "get")
+    return await _objects.get_deleted(req, _KIND, certificate.get_deleted)
 
 
 async def purge_deleted_certificate(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        certificate.purge(ctx.require_view(), _backends(req), name)
-        return Result(status=204, object_id=f"{req.vault_url}/deletedcertificates/{name}")
-
-    return await _run(req, "CertificatePurge", "purge/action", f"/deletedcertificates/{name}", True, run)
+    return await _objects.purge(req, _KIND, lambda view, name: certificate.purge(view, _backends(req), name))
 
 
 async def recover_deleted_certificate(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, certificate.recover(ctx.require_view(), name))
-
-    return await _run(req, "CertificateRecover", "recover/action", f"/deletedcertificates/{name}", True, run)
+    return await _objects.recover(req, _KIND, certificate.recover)
 
 
 # --- contacts and issuers ------------------------------------------------------------------------------------------
@@ -409,22 +338,21 @@ def _issuer(req: ApiRequest, issuer: dict[str, Any]) -> Result:
     return Result(body=body, object_id=body["id"])
 
 
+async def _run_issuer(
+    req: ApiRequest, operation: str, action: str, name: str, write: bool, run: Any, policy: str
+) -> Result:
+    """An operation on the issuer `name`: data action certificatecas/{action}, scope /certificates/issuers/{name}."""
+    scope = f"/certificates/issuers/{name}"
+    return await _run(req, operation, action, scope, write, run, policy, family="certificatecas/")
+
+
 async def set_issuer(req: ApiRequest) -> Result:
     name, body = req.params["name"], await req.json()
 
     def run(ctx: Context) -> Result:
         return _issuer(req, certificate.set_issuer(ctx.require_view(), name, body))
 
-    return await _run(
-        req,
-        "CertificateIssuerSet",
-        "write",
-        f"/certificates/issuers/{name}",
-        True,
-        run,
-        "setissuers",
-        family="certificatecas/",
-    )
+    return await _run_issuer(req, "CertificateIssuerSet", "write", name, True, run, "setissuers")
 
 
 async def update_issuer(req: ApiRequest) -> Result:
@@ -433,16 +361,7 @@ async def update_issuer(req: ApiRequest) -> Result:
     def run(ctx: Context) -> Result:
         return _issuer(req, certificate.set_issuer(ctx.require_view(), name, body, partial=True))
 
-    return await _run(
-        req,
-        "CertificateIssuerUpdate",
-        "write",
-        f"/certificates/issuers/{name}",
-        True,
-        run,
-        "setissuers",
-        family="certificatecas/",
-    )
+    return await _run_issuer(req, "CertificateIssuerUpdate", "write", name, True, run, "setissuers")
 
 
 async def get_issuer(req: ApiRequest) -> Result:
@@ -451,16 +370,7 @@ async def get_issuer(req: ApiRequest) -> Result:
     def run(ctx: Context) -> Result:
         return _issuer(req, certificate.get_issuer(ctx.require_view(), name))
 
-    return await _run(
-        req,
-        "CertificateIssuerGet",
-        "read",
-        f"/certificates/issuers/{name}",
-        False,
-        run,
-        "getissuers",
-        family="certificatecas/",
-    )
+    return await _run_issuer(req, "CertificateIssuerGet", "read", name, False, run, "getissuers")
 
 
 async def delete_issuer(req: ApiRequest) -> Result:
@@ -469,16 +379,7 @@ async def delete_issuer(req: ApiRequest) -> Result:
     def run(ctx: Context) -> Result:
         return _issuer(req, certificate.delete_issuer(ctx.require_view(), name))
 
-    return await _run(
-        req,
-        "CertificateIssuerDelete",
-        "delete",
-        f"/certificates/issuers/{name}",
-        True,
-        run,
-        "deleteissuers",
-        family="certificatecas/",
-    )
+    return await _run_issuer(req, "CertificateIssuerDelete", "delete", name, True, run, "deleteissuers")
 
 
 async def list_issuers(req: ApiRequest) -> Result:

@@ -6,6 +6,7 @@ from typing import Any
 
 from coffer.api import wire
 from coffer.api.request import ApiRequest
+from coffer.api.routes import _objects
 from coffer.api.routing import Route
 from coffer.core import Context, Operation, Result
 from coffer.errors import BadParameter
@@ -61,6 +62,16 @@ def _bundle(req: ApiRequest, ctx: Context, item: key.Key, *, deleted: bool = Fal
     return Result(body=body, object_id=wire.key_id(req.vault_url, item))
 
 
+_KIND: _objects.ObjectKind[key.Key] = _objects.ObjectKind(
+    operation="Key",
+    collection="keys",
+    read_action="read",
+    bundle=_bundle,
+    item=lambda req, vault, item, versioned: wire.key_item(item, vault, req.vault_url, versioned=versioned),
+    deleted_fields=lambda req, item: wire.deleted_key_fields(item, req.vault_url),
+)
+
+
 async def create_key(req: ApiRequest) -> Result:
     name, body = req.params["name"], await req.json()
 
@@ -108,118 +119,39 @@ async def update_key(req: ApiRequest) -> Result:
 
 
 async def delete_key(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, key.delete(ctx.require_view(), name), deleted=True)
-
-    return await _run(req, "KeyDelete", "keys/delete", f"/keys/{name}", True, run)
-
-
-def _page(
-    req: ApiRequest,
-    ctx: Context,
-    items: list[key.Key],
-    size: int,
-    path: str,
-    after: str | None,
-    *,
-    versioned: bool,
-    deleted: bool = False,
-) -> Result:
-    assert ctx.vault is not None
-    values = []
-    for item in items:
-        value = wire.key_item(item, ctx.vault, req.vault_url, versioned=versioned)
-        if deleted:
-            value.update(wire.deleted_key_fields(item, req.vault_url))
-        values.append(value)
-    return Result(
-        body=wire.page(
-            values, vault_url=req.vault_url, path=path, api_version=req.info.api_version, last=after, size=size
-        )
-    )
-
-
-async def _list(req: ApiRequest, *, deleted: bool) -> Result:
-    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-    path = "/deletedkeys" if deleted else "/keys"
-
-    def run(ctx: Context) -> Result:
-        items = key.list_latest(ctx.require_view(), deleted=deleted, after=after, limit=size + 1)
-        last = items[size - 1].obj.name.lower() if len(items) > size else None
-        return _page(req, ctx, items[:size], size, path, last, versioned=False, deleted=deleted)
-
-    name = "KeyListDeleted" if deleted else "KeyList"
-    return await _run(req, name, "keys/read", path, False, run, "list")
+    return await _objects.delete(req, _KIND, key.delete)
 
 
 async def list_keys(req: ApiRequest) -> Result:
-    return await _list(req, deleted=False)
+    return await _objects.list_latest(req, _KIND, key.list_latest, deleted=False)
 
 
 async def list_deleted_keys(req: ApiRequest) -> Result:
-    return await _list(req, deleted=True)
+    return await _objects.list_latest(req, _KIND, key.list_latest, deleted=True)
 
 
 async def list_key_versions(req: ApiRequest) -> Result:
-    name = req.params["name"]
-    size, after = wire.page_size(req.query), wire.version_position(req.query)
-
-    def run(ctx: Context) -> Result:
-        items = key.list_versions(ctx.require_view(), name, after_seq=after, limit=size + 1)
-        last = str(items[size - 1].row.seq) if len(items) > size else None
-        shown = items[0].obj.name if items else name
-        return _page(req, ctx, items[:size], size, f"/keys/{shown}/versions", last, versioned=True)
-
-    return await _run(req, "KeyListVersions", "keys/read", f"/keys/{name}", False, run, "list")
+    return await _objects.list_versions(req, _KIND, key.list_versions)
 
 
 async def get_deleted_key(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, key.get_deleted(ctx.require_view(), name), deleted=True)
-
-    return await _run(req, "KeyGetDeleted", "keys/read", f"/deletedkeys/{name}", False, run, "get")
+    return await _objects.get_deleted(req, _KIND, key.get_deleted)
 
 
 async def purge_deleted_key(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        key.purge(ctx.require_view(), _backends(req), name)
-        return Result(status=204, object_id=f"{req.vault_url}/deletedkeys/{name}")
-
-    return await _run(req, "KeyPurge", "keys/purge/action", f"/deletedkeys/{name}", True, run)
+    return await _objects.purge(req, _KIND, lambda view, name: key.purge(view, _backends(req), name))
 
 
 async def recover_deleted_key(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, key.recover(ctx.require_view(), name))
-
-    return await _run(req, "KeyRecover", "keys/recover/action", f"/deletedkeys/{name}", True, run)
+    return await _objects.recover(req, _KIND, key.recover)
 
 
 async def backup_key(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        blob = key.backup(ctx.require_view(), name)
-        return Result(body={"value": wire.b64url_encode(blob)}, object_id=f"{req.vault_url}/keys/{name}")
-
-    return await _run(req, "KeyBackup", "keys/backup/action", f"/keys/{name}", False, run)
+    return await _objects.backup(req, _KIND, key.backup)
 
 
 async def restore_key(req: ApiRequest) -> Result:
-    blob = wire.b64url_decode((await req.json()).get("value"))
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, key.restore(ctx.require_view(), blob))
-
-    return await _run(req, "KeyRestore", "keys/restore/action", "/keys", True, run)
+    return await _objects.restore(req, _KIND, key.restore)
 
 
 def _optional_b64(body: dict[str, Any], field: str) -> bytes | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from coffer.api import wire
 from coffer.api.request import ApiRequest
+from coffer.api.routes import _objects
 from coffer.api.routing import Route
 from coffer.core import Context, Operation, Result
 from coffer.errors import BadParameter
@@ -32,6 +33,16 @@ def _bundle(
     if deleted:
         body.update(wire.deleted_fields(item, req.vault_url))
     return Result(body=body, object_id=wire.secret_id(req.vault_url, item))
+
+
+_KIND: _objects.ObjectKind[secret.Secret] = _objects.ObjectKind(
+    operation="Secret",
+    collection="secrets",
+    read_action="readMetadata/action",
+    bundle=_bundle,
+    item=lambda req, vault, item, versioned: wire.secret_item(item, vault, req.vault_url, versioned=versioned),
+    deleted_fields=lambda req, item: wire.deleted_fields(item, req.vault_url),
+)
 
 
 async def set_secret(req: ApiRequest) -> Result:
@@ -85,127 +96,39 @@ async def update_secret(req: ApiRequest) -> Result:
 
 
 async def delete_secret(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, secret.delete(ctx.require_view(), name), deleted=True)
-
-    return await _run(req, "SecretDelete", "delete", f"/secrets/{name}", True, run)
-
-
-def _page(
-    req: ApiRequest,
-    ctx: Context,
-    items: list[secret.Secret],
-    size: int,
-    path: str,
-    after: str | None,
-    *,
-    versioned: bool,
-    deleted: bool = False,
-) -> Result:
-    assert ctx.vault is not None
-    values = []
-    for item in items:
-        value = wire.secret_item(item, ctx.vault, req.vault_url, versioned=versioned)
-        if deleted:
-            value.update(wire.deleted_fields(item, req.vault_url))
-        values.append(value)
-    return Result(
-        body=wire.page(
-            values, vault_url=req.vault_url, path=path, api_version=req.info.api_version, last=after, size=size
-        )
-    )
+    return await _objects.delete(req, _KIND, secret.delete)
 
 
 async def list_secrets(req: ApiRequest) -> Result:
-    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-
-    def run(ctx: Context) -> Result:
-        items = secret.list_latest(ctx.require_view(), deleted=False, after=after, limit=size + 1)
-        more = len(items) > size
-        items = items[:size]
-        last = items[-1].obj.name.lower() if more and items else None
-        return _page(req, ctx, items, size, "/secrets", last, versioned=False)
-
-    return await _run(req, "SecretList", "readMetadata/action", "/secrets", False, run, "list")
+    return await _objects.list_latest(req, _KIND, secret.list_latest, deleted=False)
 
 
 async def list_deleted_secrets(req: ApiRequest) -> Result:
-    size, after = wire.page_size(req.query), wire.skiptoken(req.query)
-
-    def run(ctx: Context) -> Result:
-        items = secret.list_latest(ctx.require_view(), deleted=True, after=after, limit=size + 1)
-        more = len(items) > size
-        items = items[:size]
-        last = items[-1].obj.name.lower() if more and items else None
-        return _page(req, ctx, items, size, "/deletedsecrets", last, versioned=False, deleted=True)
-
-    return await _run(req, "SecretListDeleted", "readMetadata/action", "/deletedsecrets", False, run, "list")
+    return await _objects.list_latest(req, _KIND, secret.list_latest, deleted=True)
 
 
 async def list_secret_versions(req: ApiRequest) -> Result:
-    name = req.params["name"]
-    size, after = wire.page_size(req.query), wire.version_position(req.query)
-
-    def run(ctx: Context) -> Result:
-        items = secret.list_versions(ctx.require_view(), name, after_seq=after, limit=size + 1)
-        more = len(items) > size
-        items = items[:size]
-        last = str(items[-1].row.seq) if more and items else None
-        return _page(
-            req, ctx, items, size, f"/secrets/{items[0].obj.name if items else name}/versions", last, versioned=True
-        )
-
-    return await _run(req, "SecretListVersions", "readMetadata/action", f"/secrets/{name}", False, run, "list")
+    return await _objects.list_versions(req, _KIND, secret.list_versions)
 
 
 async def get_deleted_secret(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, secret.get_deleted(ctx.require_view(), name), deleted=True)
-
-    return await _run(req, "SecretGetDeleted", "readMetadata/action", f"/deletedsecrets/{name}", False, run, "get")
+    return await _objects.get_deleted(req, _KIND, secret.get_deleted)
 
 
 async def purge_deleted_secret(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        secret.purge(ctx.require_view(), name)
-        return Result(status=204, object_id=f"{req.vault_url}/deletedsecrets/{name}")
-
-    return await _run(req, "SecretPurge", "purge/action", f"/deletedsecrets/{name}", True, run)
+    return await _objects.purge(req, _KIND, secret.purge)
 
 
 async def recover_deleted_secret(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, secret.recover(ctx.require_view(), name))
-
-    return await _run(req, "SecretRecover", "recover/action", f"/deletedsecrets/{name}", True, run)
+    return await _objects.recover(req, _KIND, secret.recover)
 
 
 async def backup_secret(req: ApiRequest) -> Result:
-    name = req.params["name"]
-
-    def run(ctx: Context) -> Result:
-        blob = secret.backup(ctx.require_view(), name)
-        return Result(body={"value": wire.b64url_encode(blob)}, object_id=f"{req.vault_url}/secrets/{name}")
-
-    return await _run(req, "SecretBackup", "backup/action", f"/secrets/{name}", False, run)
+    return await _objects.backup(req, _KIND, secret.backup)
 
 
 async def restore_secret(req: ApiRequest) -> Result:
-    body = await req.json()
-    blob = wire.b64url_decode(body.get("value"))
-
-    def run(ctx: Context) -> Result:
-        return _bundle(req, ctx, secret.restore(ctx.require_view(), blob))
-
-    return await _run(req, "SecretRestore", "restore/action", "/secrets", True, run)
+    return await _objects.restore(req, _KIND, secret.restore)
 
 
 ROUTES = [
