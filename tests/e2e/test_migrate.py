@@ -11,7 +11,7 @@ from tests.e2e.helpers import base_env, identity_env, release_connections, run_c
 from tests.support import postgres
 from tests.support.server import DevServer
 
-_DATABASE_FILES = ("coffer.db", "coffer.db-wal", "coffer.db-shm", "coffer.db.leader")
+_DATABASE_FILES = ("coffer.db", "coffer.db-wal", "coffer.db-shm", "coffer.db.leader", "coffer.db.writer")
 
 
 def _populate(data_dir: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -118,6 +119,7 @@ class SqliteStorage(Storage):
         self._connections: list[sqlite3.Connection] = []
         self._leader_file: BinaryIO | None = None
         self._write_lock = _FifoLock()
+        self._writer_fd = -1  # flock'ed by the writing thread: one writer across the processes sharing the file
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -167,10 +169,17 @@ class SqliteStorage(Storage):
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
-        # One writer at a time in this process: threads queue in arrival order instead of sleeping in SQLite's busy
-        # handler (which backs off up to 100 ms); other processes still wait through busy_timeout.
+        # One writer at a time: this process's threads queue in arrival order, then the processes sharing the
+        # database (workers, `coffer operator` commands) queue on a file lock in the kernel, instead of sleeping in
+        # SQLite's busy handler (which backs off up to 100 ms at a time). busy_timeout still covers other programs.
         with self._write_lock:
-            yield from self._write()
+            if self._writer_fd < 0:
+                self._writer_fd = os.open(str(self.path) + ".writer", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
+            try:
+                yield from self._write()
+            finally:
+                fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
     def _write(self) -> Iterator[Transaction]:
         conn = self._connection()
@@ -204,6 +213,10 @@ class SqliteStorage(Storage):
             if self._leader_file is not None:
                 self._leader_file.close()
                 self._leader_file = None
+        with self._write_lock:
+            if self._writer_fd >= 0:
+                os.close(self._writer_fd)
+                self._writer_fd = -1
         self._local = threading.local()
 
     def integrity_check(self) -> list[str]:
