@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -63,4 +64,4 @@ def test_a_writer_that_comes_straight_back_queues_behind_those_waiting(tmp_path:
     storage.close()
     assert len(order) == 100
     middle = order[10:90]  # every writer is queued here: each turn goes to another writer
-    assert all(a != b for a, b in zip(middle, middle[1:], strict=False)), order
+    assert all(a != b for a, b in itertools.pairwise(middle)), order
