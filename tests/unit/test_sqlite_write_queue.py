@@ -1,4 +1,5 @@
-"""Writers of one SQLite storage are served in the order they arrive (the storage's write lock is FIFO)."""
+"""The SQLite storage's connections and writers: writers are served in the order they arrive (the write lock is FIFO),
+and the connections of ended threads are closed."""
 
 from __future__ import annotations
 
@@ -65,3 +66,25 @@ def test_a_writer_that_comes_straight_back_queues_behind_those_waiting(tmp_path:
     assert len(order) == 100
     middle = order[10:90]  # every writer is queued here: each turn goes to another writer
     assert all(a != b for a, b in itertools.pairwise(middle)), order
+
+
+def test_the_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
+    """Requests run in worker threads that are retired when idle and replaced; the storage must not keep the SQLite
+    connection (page cache, statements, two file descriptors) of every thread that ever ran (a leak the one-hour soak
+    showed as RSS growing by ~0.3 MiB/min)."""
+    storage = SqliteStorage(tmp_path / "coffer.db")
+    storage.migrate()
+
+    def read_once() -> None:
+        with storage.read() as tx:
+            tx.vault_get("nothing")
+
+    for _ in range(30):
+        thread = threading.Thread(target=read_once)
+        thread.start()
+        thread.join(10)
+    read_once()
+    assert len(storage._connections) <= 2  # this thread's, and at most the last ended thread's
+    open_files = [p for p in Path("/proc/self/fd").iterdir() if str(p.resolve()).startswith(str(tmp_path))]
+    storage.close()
+    assert len(open_files) <= 2 * 2 + 2  # db + wal per connection, plus the shm map and the writer lock file
