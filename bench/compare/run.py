@@ -554,7 +554,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         profile=args.profile,
         profile_seconds=args.profile_seconds,
         profile_ops=[op for op in args.profile_ops.split(",") if op],
-        coffer_workers=args.coffer_workers,
+        # production settings: one worker process per core, as the README advises (OpenBao uses every core too)
+        coffer_workers=args.coffer_workers if args.coffer_workers is not None else (os.cpu_count() or 1),
         wait_quiet=args.wait_quiet,
         openbao="off" if args.no_openbao else "required",
         smoke=False,
@@ -609,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         "--coffer-workers",
         type=int,
         default=None,
-        help="passed to the Coffer server as COFFER_WORKERS (and to the hello server as workers)",
+        help="passed to the Coffer server as COFFER_WORKERS (and to the hello server as workers); "
+        "default: one per CPU (1 with --smoke)",
     )
     p.add_argument(
         "--wait-quiet",

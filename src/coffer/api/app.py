@@ -69,12 +69,13 @@ class Api:
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
+        path: str = request.scope["path"]
+        api_version = request.query_params.get("api-version")
         info = RequestInfo(
-            request_uri=str(request.url.path)
-            + (f"?api-version={request.query_params['api-version']}" if "api-version" in request.query_params else ""),
+            request_uri=path if api_version is None else f"{path}?api-version={api_version}",
             caller_ip=request.client.host if request.client else "",
             correlation_id=request.headers.get("x-ms-client-request-id"),
-            api_version=request.query_params.get("api-version"),
+            api_version=api_version,
             client_info=request.headers.get("user-agent"),
         )
         kind, vault = self.coffer.host_kind(request.headers.get("host", ""))
@@ -86,7 +87,7 @@ class Api:
                     raise BadParameter(f"The request has more than one {name.title()} header.")
             if kind is None:
                 raise NotFound("No vault or service of this server answers at this host name.", code="NotFound")
-            method, path = request.method, request.url.path
+            method = request.method
             params: dict[str, str] = {}
             if kind == "server":
                 try:
@@ -155,7 +156,7 @@ class Api:
             headers["connection"] = "close"  # the rest of the body may still be on its way: never read it
         try:
             name = route.name if route and route.name else ("Authentication" if error.status == 401 else "Unknown")
-            self.pipeline.audit_failure(name, vault, caller, info, error)
+            await self.pipeline.audit_failure(name, vault, caller, info, error)
         except AuditError as audit_error:
             log.error("audit of request %s failed: %s", info.correlation_id or "-", _described(audit_error))
             error = CofferError("The request could not be audited; it was refused.")

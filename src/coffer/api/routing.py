@@ -7,7 +7,7 @@ Patterns use `{name}` for one segment and `{version?}` for an optional last segm
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from coffer.errors import MethodNotAllowed, NotFound
@@ -24,18 +24,27 @@ class Route:
     pattern: str
     handler: Handler
     name: str = ""  # Azure's audit operationName, used when the request fails before the pipeline
+    # the pattern split once: (literal, None) or (None, parameter name) per segment
+    _parts: tuple[tuple[str | None, str | None], ...] = field(init=False, repr=False, compare=False)
+    _optional_tail: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        stripped = self.pattern.strip("/")
+        parts = stripped.split("/") if stripped else []
+        split = tuple((None, p.strip("{}?")) if p.startswith("{") else (p, None) for p in parts)
+        object.__setattr__(self, "_parts", split)
+        object.__setattr__(self, "_optional_tail", bool(parts) and parts[-1].endswith("?}"))
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
-        parts = self.pattern.strip("/").split("/") if self.pattern.strip("/") else []
-        optional_tail = bool(parts) and parts[-1].endswith("?}")
-        if len(segments) != len(parts) and not (optional_tail and len(segments) == len(parts) - 1):
+        parts = self._parts
+        if len(segments) != len(parts) and not (self._optional_tail and len(segments) == len(parts) - 1):
             return None
         params: dict[str, str] = {}
-        for index, part in enumerate(parts):
+        for index, (literal, name) in enumerate(parts):
             value = segments[index] if index < len(segments) else ""
-            if part.startswith("{"):
-                params[part.strip("{}?")] = value
-            elif value.lower() != part:
+            if name is not None:
+                params[name] = value
+            elif value.lower() != literal:
                 return None
         return params
 

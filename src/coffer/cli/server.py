@@ -162,8 +162,7 @@ def serve(config: Config) -> None:
     if config.workers > 1:
         from coffer.cli import workers
 
-        workers.supervise(config, sockets, dev_token)
-        return
+        workers.exec_supervisor(config, sockets, dev_token)
     coffer = Coffer(config)
     files, lines = start(coffer, dev_token)
     run(coffer, sockets, files, announce=lambda: print("\n".join(lines), flush=True))
@@ -229,6 +228,7 @@ def run(coffer: Coffer, sockets: list[socket.socket], files: tls.TlsFiles, annou
         lifespan="off",
         server_header=False,
         date_header=True,
+        proxy_headers=False,  # Coffer is the edge: X-Forwarded-For from a local process must not set the caller IP
         timeout_keep_alive=30,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )

@@ -9,7 +9,11 @@ The seal is per process, so the supervisor relays it: an unseal share submitted 
 (the next share may reach any of them); when a worker unseals, it sends its root key over its private socketpair and
 the supervisor hands it to the other workers, and to a worker that restarts after a crash; sealing is relayed the
 same way and the supervisor forgets the key. The key crosses only
-these anonymous Unix sockets between processes of the same user, never a file."""
+these anonymous Unix sockets between processes of the same user, never a file.
+
+The supervisor holds no Coffer: `coffer server` replaces itself (exec, same PID) with a fresh interpreter that
+imports only this module, and the one-time set-up runs in a short-lived child. It takes ~12 MB instead of a
+whole server's ~75 MB (idle RSS per node counts every process)."""
 
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NoReturn
 
-from coffer.app import Coffer
 from coffer.config import Config
 
 log = logging.getLogger("coffer.workers")
@@ -39,7 +43,9 @@ class _Worker:
         self.index = index
         self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fds = [theirs.fileno(), *(s.fileno() for s in sockets)]
-        self.proc = subprocess.Popen([sys.executable, "-m", "coffer.cli.workers", *map(str, fds)], pass_fds=fds)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coffer.cli.workers", "worker", *map(str, fds)], pass_fds=fds
+        )
         theirs.close()
         # the handshake: the configuration, then the seal state (the root key while unsealed)
         self.channel.sendall(pickle.dumps(config))
@@ -47,16 +53,72 @@ class _Worker:
         self.ready = False
 
 
-def supervise(config: Config, sockets: list[socket.socket], dev_token: bool) -> None:
-    """Run `config.workers` workers until SIGINT/SIGTERM; restart a worker that dies."""
+def exec_supervisor(config: Config, sockets: list[socket.socket], dev_token: bool) -> NoReturn:
+    """Replace this process (the CLI, with the whole server imported) with a lean supervisor of the same PID."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, pickle.dumps((config, dev_token)))  # a few KB: fits in the pipe's buffer
+    os.close(write_fd)
+    fds = [read_fd, *(s.fileno() for s in sockets)]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "coffer.cli.workers", "supervise", *map(str, fds)])  # noqa: S606
+
+
+def _set_up(config: Config, dev_token: bool) -> tuple[list[str], bytes | None]:
+    """Set up (dev) or unseal (dev key file, HSM) the installation once, before the workers race for it, in a child
+    process: returns the lines announcing readiness and the root key when unsealed."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coffer.cli.workers", "setup", str(theirs.fileno())], pass_fds=[theirs.fileno()]
+    )
+    theirs.close()
+    with ours:
+        ours.sendall(pickle.dumps((config, dev_token)))
+        ours.shutdown(socket.SHUT_WR)
+        answer = _receive_all(ours)
+    code = proc.wait()
+    if code != 0 or not answer:
+        raise SystemExit(code or 1)  # the child said why on stderr
+    lines, root = pickle.loads(answer)  # noqa: S301 - from our own child
+    return lines, root
+
+
+def _setup_main(channel_fd: int) -> None:
+    from coffer.app import Coffer
     from coffer.cli.server import start
 
-    first = Coffer(config)
-    try:  # set up (dev) or unseal (dev key file, HSM) the installation once, before the workers race for it
-        _files, lines = start(first, dev_token)
-        root = None if first.barrier.sealed else first.barrier.root_key()
-    finally:
-        first.close()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    with socket.socket(fileno=channel_fd) as channel:
+        config, dev_token = pickle.loads(_receive_all(channel))  # noqa: S301 - from the supervisor, our own parent
+        coffer = Coffer(config)
+        try:
+            _files, lines = start(coffer, dev_token)
+            root = None if coffer.barrier.sealed else coffer.barrier.root_key()
+        finally:
+            coffer.close()
+        channel.sendall(pickle.dumps((lines, root)))
+
+
+def _receive_all(channel: socket.socket) -> bytes:
+    chunks = []
+    while chunk := channel.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _supervisor_main(config_fd: int, socket_fds: list[int]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    with os.fdopen(config_fd, "rb") as pipe:
+        config, dev_token = pickle.load(pipe)  # noqa: S301 - written by this same process before exec
+    sockets = [socket.socket(fileno=fd) for fd in socket_fds]
+    supervise(config, sockets, dev_token)
+
+
+def supervise(config: Config, sockets: list[socket.socket], dev_token: bool) -> None:
+    """Run `config.workers` workers until SIGINT/SIGTERM; restart a worker that dies."""
+    lines, root = _set_up(config, dev_token)
     lines[0] += f" ({config.workers} worker processes)"
 
     stopping = threading.Event()
@@ -132,6 +194,7 @@ def _close(selector: selectors.BaseSelector, worker: _Worker) -> None:
 
 def _worker_main(channel_fd: int, socket_fds: list[int]) -> None:
     """A worker: a whole Coffer serving the inherited sockets, in touch with the supervisor."""
+    from coffer.app import Coffer
     from coffer.cli.server import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -176,4 +239,10 @@ def _worker_main(channel_fd: int, socket_fds: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), [int(fd) for fd in sys.argv[2:]])
+    _role, _fds = sys.argv[1], [int(fd) for fd in sys.argv[2:]]
+    if _role == "supervise":
+        _supervisor_main(_fds[0], _fds[1:])
+    elif _role == "setup":
+        _setup_main(_fds[0])
+    else:
+        _worker_main(_fds[0], _fds[1:])

@@ -3,9 +3,11 @@
     edge (api)        parse host and route; answer 401 before reading any body
     authenticate      bearer token → Caller                         (TokenService.verify)
     authorize         Caller, data action, scope → allow / 403     (authz.authorize)
-    execute           the operation's handler inside one storage transaction, through the barrier
-    audit             the record is made durable before the transaction commits; if audit fails, the
-                      transaction rolls back and the request fails (fail closed)
+    execute           the operation's handler inside one storage transaction, through the barrier: writes in a
+                      worker thread, reads on the event loop when the storage answers from a local file (SQLite)
+    audit             the record is made durable before a write's transaction commits (if audit fails, the
+                      transaction rolls back), and before a read's response is sent; a request whose record is
+                      not durable fails (fail closed)
     respond           the edge renders the Result in Azure's wire format
 
 Failures (401, 403, 4xx, 5xx) are audited too, through `audit_failure`.
@@ -14,6 +16,7 @@ Failures (401, 403, 4xx, 5xx) are audited too, through `audit_failure`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +95,20 @@ class Operation:
     write: bool
     run: Callable[[Context], Result]
     policy: str | None = None  # the access-policy permission, where one data action covers several
+    blocking: bool = False  # may wait on something slow (an HSM): never run it on the event loop
+
+
+_MAX_BATCH = 64  # writes per group commit
+
+
+class _Write:
+    __slots__ = ("caller", "done", "error", "info", "op", "result")
+
+    def __init__(self, op: Operation, caller: Caller, info: RequestInfo) -> None:
+        self.op, self.caller, self.info = op, caller, info
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+        self.done = False
 
 
 class Pipeline:
@@ -112,6 +129,9 @@ class Pipeline:
         self.index = index
         self.authorizer = authorizer
         self.audit = audit
+        self._writes = threading.Condition()  # the group commit's queue (see _write)
+        self._queued: list[_Write] = []
+        self._committing = False
 
     def authenticate(self, authorization: str | None, tenant: str | None = None) -> Caller:
         """The caller a bearer token proves; `tenant` (the vault's) must be the token's tenant."""
@@ -133,31 +153,87 @@ class Pipeline:
     async def execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
         if self.throttle is not None and op.vault is not None:  # the data plane's service limits
             self.throttle.admit(op.vault.lower(), op.name, caller.object_id)
-        return await anyio.to_thread.run_sync(self._execute, op, caller, info)
-
-    def _execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
-        transaction = self.storage.write() if op.write else self.storage.read()
-        with transaction as tx:
-            vault = None
-            if op.vault is not None:
-                vault = tx.vault_get(op.vault)
-                if vault is None:
-                    raise NotFound(f"Vault {op.vault} was not found on this server.", code="VaultNotFound")
-            decision = self.authorizer.authorize(caller, op.action, op.scope, vault, op.policy)
-            view = VaultView(tx, self.barrier, vault) if vault is not None else None
-            result = op.run(Context(tx, self.barrier, caller, vault, view, self.authorizer))
-            record = self._record(op.name, op.vault, caller, info, result.status, result.object_id)
-            record["properties"].update(_decision_fields(decision))
-            self.audit.write(record)
+        if op.write:  # its audit record is durable before it commits: the wait holds the write transaction
+            return await anyio.to_thread.run_sync(self._write, op, caller, info)
+        if self.storage.fast_reads and not op.blocking:  # microseconds: cheaper than handing over to a thread
+            result, record = self._read(op, caller, info)
+        else:
+            result, record = await anyio.to_thread.run_sync(self._read, op, caller, info)
+        await self.audit.write_async(record)  # other requests are served meanwhile
         return result
 
-    def audit_failure(
+    def _write(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
+        """Group commit: the writes that queue up while one transaction commits are committed together by the next
+        writer in line, each in a savepoint of one transaction (a write that fails undoes only its own changes),
+        with one audit fsync and one commit for all; each returns only once all of it is durable."""
+        mine = _Write(op, caller, info)
+        with self._writes:
+            self._queued.append(mine)
+            while not mine.done and self._committing:
+                self._writes.wait()
+            leader = not mine.done
+            if leader:
+                self._committing = True
+        if leader:
+            try:
+                with self._writes:
+                    batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
+                self._commit(batch)
+            finally:
+                with self._writes:
+                    self._committing = False
+                    self._writes.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+    def _commit(self, batch: list[_Write]) -> None:
+        try:
+            with self.storage.write() as tx:
+                records = []
+                for write in batch:
+                    try:
+                        with tx.savepoint():
+                            write.result, record = self._run(tx, write.op, write.caller, write.info)
+                        records.append(record)
+                    except Exception as error:  # this request's own failure (a 4xx, ...): only its part is undone
+                        write.error, write.result = error, None
+                self.audit.write(*records)  # durable before the commit, or nothing commits
+        except BaseException as error:  # nothing was committed: every write of the batch fails
+            for write in batch:
+                if write.error is None:
+                    write.error, write.result = error, None
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            for write in batch:
+                write.done = True
+
+    def _read(self, op: Operation, caller: Caller, info: RequestInfo) -> tuple[Result, dict[str, Any]]:
+        with self.storage.read() as tx:
+            return self._run(tx, op, caller, info)
+
+    def _run(self, tx: Transaction, op: Operation, caller: Caller, info: RequestInfo) -> tuple[Result, dict[str, Any]]:
+        vault = None
+        if op.vault is not None:
+            vault = tx.vault_get(op.vault)
+            if vault is None:
+                raise NotFound(f"Vault {op.vault} was not found on this server.", code="VaultNotFound")
+        decision = self.authorizer.authorize(caller, op.action, op.scope, vault, op.policy)
+        view = VaultView(tx, self.barrier, vault) if vault is not None else None
+        result = op.run(Context(tx, self.barrier, caller, vault, view, self.authorizer))
+        record = self._record(op.name, op.vault, caller, info, result.status, result.object_id)
+        record["properties"].update(_decision_fields(decision))
+        return result, record
+
+    async def audit_failure(
         self, name: str, vault: str | None, caller: Caller | None, info: RequestInfo, error: CofferError
     ) -> None:
         description = error.message
         if isinstance(error, Unauthorized) and error.reason:
             description = f"{error.message} ({error.reason})"
-        self.audit.write(self._record(name, vault, caller, info, error.status, None, description))
+        await self.audit.write_async(self._record(name, vault, caller, info, error.status, None, description))
 
     def _record(
         self,

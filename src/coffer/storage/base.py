@@ -155,6 +155,10 @@ class Transaction(ABC):
     def touch(self, topic: str) -> None:
         self.touched.add(topic)
 
+    @abstractmethod
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested part of a write transaction: undone alone if the block raises (the transaction goes on)."""
+
     # meta: installation-wide values (seal configuration, sealed signing key, ...)
     @abstractmethod
     def meta_get(self, key: str) -> bytes | None: ...
@@ -278,6 +282,10 @@ TABLES = (
 
 
 class Storage(ABC):
+    # Reads are lookups in a local file taking microseconds (SQLite): the pipeline runs them on the event loop rather
+    # than hand them to a worker thread. False where a read waits on the network (PostgreSQL).
+    fast_reads = False
+
     @abstractmethod
     def migrate(self) -> int:
         """Apply pending schema migrations; return the schema version."""

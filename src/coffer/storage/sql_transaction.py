@@ -9,7 +9,8 @@ translates them in its execution hooks.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from coffer.storage.base import (
@@ -56,6 +57,17 @@ class SqlTransaction(Transaction):
     # The operator of a LIKE that ignores ASCII case (SQLite's LIKE does, PostgreSQL needs ILIKE): vault_delete must
     # delete the same role assignments on both backends.
     case_insensitive_like: ClassVar[str]
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._run("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self._run("ROLLBACK TO SAVEPOINT part")
+            self._run("RELEASE SAVEPOINT part")
+            raise
+        self._run("RELEASE SAVEPOINT part")
 
     # --- what each backend supplies -----------------------------------------------------------------
     @abstractmethod

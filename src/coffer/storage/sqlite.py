@@ -112,6 +112,8 @@ class _FifoLock:
 
 
 class SqliteStorage(Storage):
+    fast_reads = True
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()

@@ -40,10 +40,25 @@ _OP_NAMES = {
 
 
 async def _run(
-    req: ApiRequest, name: str, action: str, scope: str, write: bool, run: Any, policy: str | None = None
+    req: ApiRequest,
+    name: str,
+    action: str,
+    scope: str,
+    write: bool,
+    run: Any,
+    policy: str | None = None,
+    *,
+    blocking: bool = False,
 ) -> Result:
     op = Operation(
-        name=name, action=_ACTION + action, scope=scope, vault=req.vault, write=write, run=run, policy=policy
+        name=name,
+        action=_ACTION + action,
+        scope=scope,
+        vault=req.vault,
+        write=write,
+        run=run,
+        policy=policy,
+        blocking=blocking,
     )
     assert req.caller is not None
     return await req.pipeline.execute(op, req.caller, req.info)
@@ -158,6 +173,9 @@ def _optional_b64(body: dict[str, Any], field: str) -> bytes | None:
     return wire.b64url_decode(body[field], field) if body.get(field) not in (None, "") else None
 
 
+_PRIVATE_OPS = {"sign", "decrypt", "unwrapKey"}
+
+
 async def key_operation(req: ApiRequest) -> Result:
     name, version = req.params["name"], req.params.get("version") or None
     op = _OPS.get(req.params["op"].lower())
@@ -183,7 +201,12 @@ async def key_operation(req: ApiRequest) -> Result:
                 result[field] = wire.b64url_encode(data)
         return Result(body=result, object_id=kid)
 
-    return await _run(req, _OP_NAMES[op], f"keys/{_OP_ACTIONS[op]}/action", f"/keys/{name}", False, run)
+    # An HSM call, or an RSA private-key operation (0.4 ms and more of OpenSSL, which runs on another core while
+    # the event loop serves other requests), goes to a worker thread; the rest takes microseconds.
+    blocking = _backends(req).hsm is not None or (op in _PRIVATE_OPS and alg.upper().startswith(("RS", "PS", "RSA")))
+    return await _run(
+        req, _OP_NAMES[op], f"keys/{_OP_ACTIONS[op]}/action", f"/keys/{name}", False, run, blocking=blocking
+    )
 
 
 async def get_rotation_policy(req: ApiRequest) -> Result:

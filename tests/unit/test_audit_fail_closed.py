@@ -1,0 +1,74 @@
+"""Fail closed, in process through the whole ASGI app: a request whose audit record cannot be made durable is refused
+with Azure's envelope (500), a read returns no value, a write changes nothing; the next requests work again.
+
+Reads run on the event loop and wait for their record without a thread (AuditLog.write_async), writes wait inside
+their transaction (AuditLog.write): both paths are covered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from tests.support.inprocess import failing_fsync, vault_client
+
+from coffer.app import Coffer
+from coffer.audit import AuditError, AuditLog
+
+VALUE = "fail-closed-value-4d1f9c"
+
+
+def test_no_answer_without_a_durable_audit_record(in_process: Coffer) -> None:
+    async def scenario() -> None:
+        async with vault_client(in_process) as client:
+            assert (await client.put("/secrets/s", json={"value": VALUE})).status_code == 200
+            with mock.patch("coffer.audit.log.os.fsync", failing_fsync):
+                read = await client.get("/secrets/s")
+                write = await client.put("/secrets/s", json={"value": VALUE + "-2"})
+            for response in (read, write):
+                assert response.status_code == 500
+                assert set(response.json()["error"]) >= {"code", "message"}
+                assert VALUE not in response.text
+                assert "No space" not in response.text  # the cause goes to the operator's log, not the client
+            after = await client.get("/secrets/s")
+            assert after.status_code == 200
+            assert after.json()["value"] == VALUE  # the refused write changed nothing
+            versions = await client.get("/secrets/s/versions")
+            assert len(versions.json()["value"]) == 1
+
+    asyncio.run(scenario())
+
+
+def test_async_records_share_fsyncs_and_a_failed_batch_fails_each(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    async def scenario() -> None:
+        with mock.patch("coffer.audit.log.os.fsync", counting_fsync):
+            await asyncio.gather(*(log.write_async({"n": n}) for n in range(200)))
+        with mock.patch("coffer.audit.log.os.fsync", failing_fsync):
+            results = await asyncio.gather(*(log.write_async({"n": n}) for n in range(5)), return_exceptions=True)
+        assert all(isinstance(r, AuditError) for r in results)
+        waiter = asyncio.ensure_future(log.write_async({"n": "cancelled"}))
+        waiter.cancel()  # a client that went away: the flusher must not trip over its future
+        await log.write_async({"n": "after"})
+
+    asyncio.run(scenario())
+    log.close()
+    lines = (tmp_path / "audit.log").read_bytes().splitlines()
+    assert len([line for line in lines if b'"n":' in line]) >= 201
+    assert fsyncs < 200  # concurrent records were batched
+
+    async def closed() -> None:
+        with pytest.raises(AuditError, match="closed"):
+            await log.write_async({"n": "late"})
+
+    asyncio.run(closed())
