@@ -9,6 +9,7 @@ import json
 import os
 import ssl
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,9 @@ class CofferSide:
             created = self.call(admin_token, "POST", f"{self.vault_url}/keys/{name}/create?api-version={KEY_API}", body)
             self.key_versions[name] = created["key"]["kid"].rstrip("/").rsplit("/", 1)[-1]
         self.token = self.get_token(self.app)
+        # Other worker processes learn of new role assignments from the change feed, polled every 0.25 s (Azure's
+        # RBAC takes minutes): give it one round before the application uses them.
+        time.sleep(0.5)
         self._put_secrets(workload)
 
     def _put_secrets(self, workload: Workload) -> None:

@@ -62,9 +62,10 @@ def _short(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
-def summarise(raw: Path, top: int = 15, within: str | None = None) -> dict[str, Any]:
+def summarise(raw: Path, top: int = 15, within: tuple[str, ...] = ()) -> dict[str, Any]:
     """Self sample shares per function and inclusive shares of Coffer's functions, from py-spy's raw output; with
-    `within`, only the stacks that pass through a function of that name (shares of those samples)."""
+    `within`, only the stacks that pass through a function of one of those names (shares of those samples)."""
+    prefixes = tuple(name + " (" for name in within)
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -76,7 +77,7 @@ def summarise(raw: Path, top: int = 15, within: str | None = None) -> dict[str, 
         frames = [_short(f) for f in stack.split(";") if f]
         # py-spy puts the thread ("thread (0x...)") or process first; drop such pseudo frames
         frames = [f for f in frames if not f.startswith(("thread ", "process "))]
-        if not frames or (within and not any(f.startswith(within + " (") for f in frames)):
+        if not frames or (prefixes and not any(f.startswith(prefixes) for f in frames)):
             continue
         total += count
         self_counts[frames[-1]] += count

@@ -400,9 +400,10 @@ def _profile_section(run: Run) -> list[str]:
         "",
         "`py-spy record` (200 Hz, non-blocking, raw collapsed stacks) on the server process while wrk ran the "
         "operation. *GIL*: only samples of the thread holding the GIL (where the interpreter's time goes; the share "
-        "of ticks with a sample is how busy the interpreter was). *Pipeline wall time*: `--idle` samples of the "
-        "worker threads inside `Pipeline._execute`, waits included (where a request's time goes between the hand-off "
-        "from the event loop and the answer). Shares are of the samples of each profile.",
+        "of ticks with a sample is how busy the interpreter was). *Pipeline wall time*: `--idle` samples inside the "
+        "pipeline (`Pipeline.execute` on the event loop, `Pipeline._commit` in the writer thread), "
+        "waits of those threads included: where a request's time goes once routed. Shares are of the samples of each "
+        "profile.",
         "",
     ]
     for op, modes in run.profile.items():

@@ -368,8 +368,10 @@ class Harness:
                 if spy.returncode != 0 or not raw.exists():
                     self.run.notes.append(f"py-spy ({op}, {mode}) failed: {err.decode(errors='replace')[-300:]}")
                     continue
-                # wall: only the worker threads' time inside the request pipeline, waits included
-                summary = profile.summarise(raw, within="Pipeline._execute" if mode == "wall" else None)
+                # wall: only the time inside the request pipeline (reads on the event loop, writes in worker
+                # threads), waits of the worker threads included
+                within = ("Pipeline.execute", "Pipeline._commit") if mode == "wall" else ()
+                summary = profile.summarise(raw, within=within)
                 # With --gil a sample is taken only while some thread holds the GIL: the share of the 200 Hz ticks
                 # that produced one is how busy the interpreter was.
                 summary["busy_share"] = summary["samples"] / (200 * self.s.profile_seconds)

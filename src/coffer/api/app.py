@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from coffer.api.request import ApiRequest
@@ -66,25 +65,26 @@ class Api:
         if scope["type"] != "http":
             return
         response = await self.handle(Request(scope, receive))
-        await response(scope, receive, send)
+        await response.send(send)
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> _Response:
         path: str = request.scope["path"]
         api_version = request.query_params.get("api-version")
+        headers, repeated = _headers(request.scope["headers"])
+        client = request.scope.get("client")
         info = RequestInfo(
             request_uri=path if api_version is None else f"{path}?api-version={api_version}",
-            caller_ip=request.client.host if request.client else "",
-            correlation_id=request.headers.get("x-ms-client-request-id"),
+            caller_ip=client[0] if client else "",
+            correlation_id=headers.get("x-ms-client-request-id"),
             api_version=api_version,
-            client_info=request.headers.get("user-agent"),
+            client_info=headers.get("user-agent"),
         )
-        kind, vault = self.coffer.host_kind(request.headers.get("host", ""))
+        kind, vault = self.coffer.host_kind(headers.get("host", ""))
         caller: Caller | None = None
         route: Route | None = None
         try:
-            for name in ("host", "authorization"):
-                if len(request.headers.getlist(name)) > 1:  # which one counts would depend on who reads it
-                    raise BadParameter(f"The request has more than one {name.title()} header.")
+            if repeated:  # which one counts would depend on who reads it
+                raise BadParameter(f"The request has more than one {repeated.title()} header.")
             if kind is None:
                 raise NotFound("No vault or service of this server answers at this host name.", code="NotFound")
             method = request.method
@@ -96,7 +96,7 @@ class Api:
                     route = None
             if route is None:
                 caller = self.pipeline.authenticate(
-                    request.headers.get("authorization"), self.coffer.tenant_of(vault) if vault else None
+                    headers.get("authorization"), self.coffer.tenant_of(vault) if vault else None
                 )
                 route, params = resolve(VAULT_ROUTES if kind == "vault" else SERVER_ROUTES, method, path)
             api_request = ApiRequest(
@@ -146,7 +146,7 @@ class Api:
         route: Route | None,
         vault: str | None,
         caller: Caller | None,
-    ) -> Response:
+    ) -> _Response:
         headers: dict[str, str] = {}
         if isinstance(error, Unauthorized):
             headers["www-authenticate"] = self._challenge(vault, claims=error.claims_challenge)
@@ -175,21 +175,61 @@ class Api:
         return f'Bearer authorization="{authority}/{tenant}", resource="{self.coffer.resource}"'
 
     @staticmethod
-    def _render(status: int, body: Any, request: Request, extra: dict[str, str] | None = None) -> Response:
-        headers = dict(_SECURITY_HEADERS)
+    def _render(status: int, body: Any, request: Request, extra: dict[str, str] | None = None) -> _Response:
+        headers = list(_SECURITY_HEADERS_RAW)
         client_request_id = request.headers.get("x-ms-client-request-id")
         if client_request_id:
-            headers["x-ms-client-request-id"] = client_request_id[:128]
-        if extra:
-            headers.update(extra)
+            headers.append((b"x-ms-client-request-id", client_request_id[:128].encode("latin-1")))
+        media_type = b"application/json; charset=utf-8"
+        for name, value in (extra or {}).items():
+            if name == "content-type":
+                media_type = value.encode("latin-1")
+            else:
+                headers.append((name.encode("latin-1"), value.encode("latin-1")))
         if status == 204 or body is None:
-            return Response(status_code=status, headers=headers)
+            if status != 204:
+                headers.append((b"content-length", b"0"))
+            return _Response(status, headers, b"")
         if isinstance(body, bytes):  # a raw document (e.g. a published CA certificate)
-            media_type = headers.pop("content-type", "application/octet-stream")
-            return Response(body, status_code=status, headers=headers, media_type=media_type)
-        return Response(
-            orjson.dumps(body), status_code=status, headers=headers, media_type="application/json; charset=utf-8"
-        )
+            content = body
+            if extra is None or "content-type" not in extra:
+                media_type = b"application/octet-stream"
+        else:
+            content = orjson.dumps(body)
+        headers.append((b"content-type", media_type))
+        headers.append((b"content-length", str(len(content)).encode()))
+        return _Response(status, headers, content)
+
+
+class _Response:
+    """A response as ASGI messages (the headers already encoded)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+_SECURITY_HEADERS_RAW = [(k.encode(), v.encode()) for k, v in _SECURITY_HEADERS.items()]
+_UNIQUE = ("host", "authorization")
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], str | None]:
+    """The request's headers by (lower-case) name, read once; and the name of Host or Authorization if repeated."""
+    headers: dict[str, str] = {}
+    repeated = None
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        if key in headers:  # the first one counts, as for starlette's Headers.get
+            if key in _UNIQUE:
+                repeated = key
+            continue
+        headers[key] = value.decode("latin-1")
+    return headers, repeated
 
 
 __all__ = ["Api", "Sealed"]

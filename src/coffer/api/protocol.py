@@ -17,6 +17,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+_CLOSE_GRACE_SECONDS = 1.0
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -29,6 +30,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_started = False  # some byte of the next request's head has arrived
         self._head_too_large = False
+        self._lost = False
 
     # --- the deadline: armed when a connection opens and after each response; only a complete head disarms it ----
 
@@ -49,13 +51,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_started:
             self._refuse(408, "RequestTimeout", "The request headers were not received in time.")
         else:  # an idle connection: close it quietly, as the keep-alive timeout does
-            self.transport.close()
+            self._close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._disarm_head_deadline()
         super().connection_lost(exc)
 
@@ -111,7 +114,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         head.append(b"content-type: application/json; charset=utf-8\r\n")
         head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
         self.transport.write(b"".join(head) + body)
+        self._close()
+
+    def _close(self) -> None:
+        """Close with TLS's close_notify; a peer that keeps sending instead of closing its side would hold that
+        graceful close open (uvloop waits for its close_notify up to the SSL shutdown timeout, 30 s): cut it off
+        after a grace period."""
         self.transport.close()
+        self.loop.call_later(_CLOSE_GRACE_SECONDS, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self._lost:
+            self.transport.abort()
 
 
 def guarded_protocol(head_timeout: float, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> type[HttpToolsProtocol]:

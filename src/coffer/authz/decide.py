@@ -102,11 +102,17 @@ def role_from_row(row: object) -> roles.Role:
     )
 
 
+_GRANTS_KEPT = 50_000
+
+
 class Authorizer:
     def __init__(self) -> None:
         self._custom: dict[str, roles.Role] = {}
         self._by_principal: dict[str, list[RoleAssignmentRow]] = {}
         self._lock = threading.Lock()
+        # RBAC grants already decided, by (principal, action, scope): replaced (not cleared) on reload, so a decision
+        # made from the old assignments while reloading lands in the old dictionary, never in the new one
+        self._granted: dict[tuple[str, str, str], Decision] = {}
 
     def reload(self, tx: Transaction) -> None:
         custom = {r.id.lower(): role_from_row(r) for r in tx.role_definition_list()}
@@ -114,7 +120,7 @@ class Authorizer:
         for assignment in tx.role_assignment_list():
             by_principal.setdefault(assignment.principal_id, []).append(assignment)
         with self._lock:
-            self._custom, self._by_principal = custom, by_principal
+            self._custom, self._by_principal, self._granted = custom, by_principal, {}
 
     def role(self, role_id: str) -> roles.Role | None:
         key = role_id.lower()
@@ -156,11 +162,20 @@ class Authorizer:
                 return self._access_policy(caller, action, vault, policy)
         else:
             full = scope if scope.startswith("/") else "/" + scope
+        granted = self._granted
+        key = (caller.object_id, action, full)
+        decision = granted.get(key)
+        if decision is not None:
+            return decision
         data = _is_data(action)
         held = self.assignments_at(caller, full)
         for assignment, role in held:
             if grants(role, action, data=data) or (not data and self._manages(role, action)):
-                return Decision(True, "rbac", f"granted by {role.name}", assignment.id)
+                decision = Decision(True, "rbac", f"granted by {role.name}", assignment.id)
+                if len(granted) >= _GRANTS_KEPT:
+                    granted.clear()
+                granted[key] = decision
+                return decision
         raise self._denied(caller, action, full, vault)
 
     @staticmethod

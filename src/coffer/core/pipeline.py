@@ -15,6 +15,8 @@ Failures (401, 403, 4xx, 5xx) are audited too, through `audit_failure`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -31,7 +33,7 @@ from coffer.core.throttle import RequestThrottle
 from coffer.errors import CofferError, NotFound, Sealed, Unauthorized
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import Caller, TokenService
-from coffer.storage import Storage, Transaction, VaultRow
+from coffer.storage import Storage, StorageError, Transaction, VaultRow
 
 log = logging.getLogger("coffer.pipeline")
 
@@ -102,13 +104,12 @@ _MAX_BATCH = 64  # writes per group commit
 
 
 class _Write:
-    __slots__ = ("caller", "done", "error", "info", "op", "result")
+    __slots__ = ("caller", "error", "future", "info", "op", "result")
 
-    def __init__(self, op: Operation, caller: Caller, info: RequestInfo) -> None:
-        self.op, self.caller, self.info = op, caller, info
+    def __init__(self, op: Operation, caller: Caller, info: RequestInfo, future: asyncio.Future[Result]) -> None:
+        self.op, self.caller, self.info, self.future = op, caller, info, future
         self.result: Result | None = None
         self.error: BaseException | None = None
-        self.done = False
 
 
 class Pipeline:
@@ -129,9 +130,9 @@ class Pipeline:
         self.index = index
         self.authorizer = authorizer
         self.audit = audit
-        self._writes = threading.Condition()  # the group commit's queue (see _write)
+        self._writes = threading.Condition()  # the group commit's queue (see _write_forever)
         self._queued: list[_Write] = []
-        self._committing = False
+        self._writer: threading.Thread | None = None
 
     def authenticate(self, authorization: str | None, tenant: str | None = None) -> Caller:
         """The caller a bearer token proves; `tenant` (the vault's) must be the token's tenant."""
@@ -144,17 +145,36 @@ class Pipeline:
             raise Unauthorized()
         caller = self.tokens.verify(token.strip(), tenant)
         problem = self.index.problem(caller)
+        if problem is not None and caller.kind != "external":
+            problem = self._recheck(caller)
         if problem is not None:
             raise Unauthorized("AKV10032: Invalid token.", reason=problem)
         if tenant and caller.tenant_id != tenant:
             raise Unauthorized("AKV10032: Invalid token.", reason="token of another tenant")
         return caller
 
+    def _recheck(self, caller: Caller) -> str | None:
+        """The index follows changes made by other processes a moment later (the change feed): the token of a
+        principal or credential created there just now is valid, so ask the storage before refusing it."""
+        with self.storage.read() as tx:
+            if tx.principal_get(caller.object_id) is None:
+                return "principal deleted"
+            if caller.credential_id is not None and tx.credential_get(caller.credential_id) is None:
+                return "credential revoked"
+        return None
+
     async def execute(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
         if self.throttle is not None and op.vault is not None:  # the data plane's service limits
             self.throttle.admit(op.vault.lower(), op.name, caller.object_id)
-        if op.write:  # its audit record is durable before it commits: the wait holds the write transaction
-            return await anyio.to_thread.run_sync(self._write, op, caller, info)
+        if op.write:  # to the writer thread; its audit record is durable before it commits
+            write = _Write(op, caller, info, asyncio.get_running_loop().create_future())
+            with self._writes:
+                self._queued.append(write)
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_forever, name="coffer-writer", daemon=True)
+                    self._writer.start()
+                self._writes.notify()
+            return await write.future
         if self.storage.fast_reads and not op.blocking:  # microseconds: cheaper than handing over to a thread
             result, record = self._read(op, caller, info)
         else:
@@ -162,31 +182,23 @@ class Pipeline:
         await self.audit.write_async(record)  # other requests are served meanwhile
         return result
 
-    def _write(self, op: Operation, caller: Caller, info: RequestInfo) -> Result:
-        """Group commit: the writes that queue up while one transaction commits are committed together by the next
-        writer in line, each in a savepoint of one transaction (a write that fails undoes only its own changes),
-        with one audit fsync and one commit for all; each returns only once all of it is durable."""
-        mine = _Write(op, caller, info)
-        with self._writes:
-            self._queued.append(mine)
-            while not mine.done and self._committing:
-                self._writes.wait()
-            leader = not mine.done
-            if leader:
-                self._committing = True
-        if leader:
-            try:
-                with self._writes:
-                    batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
-                self._commit(batch)
-            finally:
-                with self._writes:
-                    self._committing = False
-                    self._writes.notify_all()
-        if mine.error is not None:
-            raise mine.error
-        assert mine.result is not None
-        return mine.result
+    def _write_forever(self) -> None:
+        """Group commit, in one thread per process: the writes that queue up while one group commits are committed
+        together next, each in a savepoint of one transaction (a write that fails undoes only its own part), with
+        one audit fsync and one commit for all. Each request is answered once all of it is durable."""
+        while True:
+            with self._writes:
+                while not self._queued:
+                    self._writes.wait()
+                batch = self._queued[:_MAX_BATCH]
+                del self._queued[:_MAX_BATCH]
+            self._commit(batch)
+            loops: dict[asyncio.AbstractEventLoop, list[_Write]] = {}
+            for write in batch:
+                loops.setdefault(write.future.get_loop(), []).append(write)
+            for loop, writes in loops.items():
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, writes)
 
     def _commit(self, batch: list[_Write]) -> None:
         try:
@@ -197,18 +209,15 @@ class Pipeline:
                         with tx.savepoint():
                             write.result, record = self._run(tx, write.op, write.caller, write.info)
                         records.append(record)
+                    except StorageError:  # the transaction itself may be broken: fail them all
+                        raise
                     except Exception as error:  # this request's own failure (a 4xx, ...): only its part is undone
                         write.error, write.result = error, None
                 self.audit.write(*records)  # durable before the commit, or nothing commits
-        except BaseException as error:  # nothing was committed: every write of the batch fails
-            for write in batch:
+        except BaseException as error:  # nothing was committed: every write of the batch fails (and the writer
+            for write in batch:  # thread goes on: if it died, every later write would wait for ever)
                 if write.error is None:
                     write.error, write.result = error, None
-            if not isinstance(error, Exception):
-                raise
-        finally:
-            for write in batch:
-                write.done = True
 
     def _read(self, op: Operation, caller: Caller, info: RequestInfo) -> tuple[Result, dict[str, Any]]:
         with self.storage.read() as tx:
@@ -265,6 +274,18 @@ class Pipeline:
         if description:
             record["resultDescription"] = description
         return record
+
+
+def _settle(writes: list[_Write]) -> None:
+    """On the waiting loop: answer each write (unless its request was cancelled meanwhile)."""
+    for write in writes:
+        if write.future.done():
+            continue
+        if write.error is not None:
+            write.future.set_exception(write.error)
+        else:
+            assert write.result is not None
+            write.future.set_result(write.result)
 
 
 def _decision_fields(decision: Decision) -> dict[str, Any]:
