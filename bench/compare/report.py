@@ -415,7 +415,8 @@ def _profile_section(run: Run) -> list[str]:
                 f"{data['samples']:,} samples while wrk ran {_t(run, op)} at {data['rps_while_profiling']:,.0f} req/s "
                 "(py-spy attached)"
                 + (
-                    f"; the GIL was held during {data['busy_share']:.0%} of the sampling ticks"
+                    f"; a GIL was held during {data['busy_share']:.0%} of the sampling ticks"
+                    + (" (summed over the worker processes)" if (run.settings.coffer_workers or 1) > 1 else "")
                     if mode == "gil" and "busy_share" in data
                     else ""
                 )
