@@ -90,6 +90,7 @@ class Coffer:
         self.key_backends = key.Backends(software=self.software_keys, hsm=self.hsm_backend)
         self.api = Api(self)
         self._tenants: dict[str, str] = {}
+        self._hosts: dict[str, tuple[str | None, str | None]] = {}  # host_kind, by Host header
         self._lock = threading.Lock()
         self.tls_reloader: Any = None  # set by the server: a callable that reloads certificate files
         # Set by a worker process: tells its siblings (through the supervisor) that this one unsealed or sealed.
@@ -116,7 +117,15 @@ class Coffer:
         return f"https://{name}.{self.config.dns_suffix}{self.port_suffix}"
 
     def host_kind(self, host: str) -> tuple[str | None, str | None]:
-        """("server", None), ("vault", name) or (None, None) for a Host header."""
+        """("server", None), ("vault", name) or (None, None) for a Host header (remembered: a few hosts recur)."""
+        known = self._hosts.get(host)
+        if known is None:
+            if len(self._hosts) >= 1024:  # the header is the client's to choose: keep the memory bounded
+                self._hosts.clear()
+            known = self._hosts[host] = self._host_kind(host)
+        return known
+
+    def _host_kind(self, host: str) -> tuple[str | None, str | None]:
         host = host.strip().lower()
         if host.startswith("["):
             hostname = host[1:].split("]", 1)[0]

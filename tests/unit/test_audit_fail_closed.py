@@ -7,15 +7,11 @@ their transaction (AuditLog.write): both paths are covered."""
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from unittest import mock
 
-import pytest
 from tests.support.inprocess import failing_fsync, vault_client
 
 from coffer.app import Coffer
-from coffer.audit import AuditError, AuditLog
 
 VALUE = "fail-closed-value-4d1f9c"
 
@@ -39,36 +35,3 @@ def test_no_answer_without_a_durable_audit_record(in_process: Coffer) -> None:
             assert len(versions.json()["value"]) == 1
 
     asyncio.run(scenario())
-
-
-def test_async_records_share_fsyncs_and_a_failed_batch_fails_each(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "audit.log")
-    fsyncs = 0
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        nonlocal fsyncs
-        fsyncs += 1
-        real_fsync(fd)
-
-    async def scenario() -> None:
-        with mock.patch("coffer.audit.log.os.fsync", counting_fsync):
-            await asyncio.gather(*(log.write_async({"n": n}) for n in range(200)))
-        with mock.patch("coffer.audit.log.os.fsync", failing_fsync):
-            results = await asyncio.gather(*(log.write_async({"n": n}) for n in range(5)), return_exceptions=True)
-        assert all(isinstance(r, AuditError) for r in results)
-        waiter = asyncio.ensure_future(log.write_async({"n": "cancelled"}))
-        waiter.cancel()  # a client that went away: the flusher must not trip over its future
-        await log.write_async({"n": "after"})
-
-    asyncio.run(scenario())
-    log.close()
-    lines = (tmp_path / "audit.log").read_bytes().splitlines()
-    assert len([line for line in lines if b'"n":' in line]) >= 201
-    assert fsyncs < 200  # concurrent records were batched
-
-    async def closed() -> None:
-        with pytest.raises(AuditError, match="closed"):
-            await log.write_async({"n": "late"})
-
-    asyncio.run(closed())
