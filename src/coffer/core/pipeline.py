@@ -3,8 +3,9 @@
     edge (api)        parse host and route; answer 401 before reading any body
     authenticate      bearer token → Caller                         (TokenService.verify)
     authorize         Caller, data action, scope → allow / 403     (authz.authorize)
-    execute           the operation's handler inside one storage transaction, through the barrier: writes in a
-                      worker thread, reads on the event loop when the storage answers from a local file (SQLite)
+    execute           the operation's handler inside one storage transaction, through the barrier: writes in the
+                      process's writer thread (committed in groups), reads on the event loop when the storage
+                      answers from a local file (SQLite), else in a worker thread
     audit             the record is made durable before a write's transaction commits (if audit fails, the
                       transaction rolls back), and before a read's response is sent; a request whose record is
                       not durable fails (fail closed)
@@ -97,7 +98,7 @@ class Operation:
     write: bool
     run: Callable[[Context], Result]
     policy: str | None = None  # the access-policy permission, where one data action covers several
-    blocking: bool = False  # may wait on something slow (an HSM): never run it on the event loop
+    blocking: bool = False  # may take long (an HSM call, an RSA private-key operation): never on the event loop
 
 
 _MAX_BATCH = 64  # writes per group commit
@@ -213,7 +214,8 @@ class Pipeline:
                         raise
                     except Exception as error:  # this request's own failure (a 4xx, ...): only its part is undone
                         write.error, write.result = error, None
-                self.audit.write(*records)  # durable before the commit, or nothing commits
+                if records:
+                    self.audit.write(*records)  # durable before the commit, or nothing commits
         except BaseException as error:  # nothing was committed: every write of the batch fails (and the writer
             for write in batch:  # thread goes on: if it died, every later write would wait for ever)
                 if write.error is None:
