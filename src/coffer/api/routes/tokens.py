@@ -116,6 +116,18 @@ def _audit(
     client_id: str | None = None,
     credential: CredentialRow | None = None,
 ) -> None:
+    req.pipeline.audit.write(_record(req, principal, status, description, client_id=client_id, credential=credential))
+
+
+def _record(
+    req: ApiRequest,
+    principal: PrincipalRow | None,
+    status: int,
+    description: str | None,
+    *,
+    client_id: str | None = None,
+    credential: CredentialRow | None = None,
+) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "requestUri": req.info.request_uri,
         "httpStatusCode": status,
@@ -140,14 +152,15 @@ def _audit(
     }
     if description:
         record["resultDescription"] = description
-    req.pipeline.audit.write(record)
+    return record
 
 
-def _refused(req: ApiRequest, error: OAuthError, client_key: str | None, client_id: str | None) -> Result:
-    """The response to a failed request: audited once with its reason, counted if credentials were wrong."""
+async def _refused(req: ApiRequest, error: OAuthError, client_key: str | None, client_id: str | None) -> Result:
+    """The response to a failed request: audited once with its reason (on the event loop, without blocking it),
+    counted if credentials were wrong."""
     if error.auth_failure:
         guards(req.pipeline).throttle.failed(client_key, req.info.caller_ip)
-    _audit(req, None, error.status, error.reason, client_id=client_id)
+    await req.pipeline.audit.write_async(_record(req, None, error.status, error.reason, client_id=client_id))
     headers = {"retry-after": str(error.retry_after)} if error.retry_after else {}
     return Result(status=error.status, body=error.envelope(), headers=headers)
 
@@ -216,13 +229,13 @@ async def token(req: ApiRequest) -> Result:
         form = await _form(req)
         client_id, audience = _grant(req, form)
     except OAuthError as error:
-        return _refused(req, error, None, form.get("client_id"))
+        return await _refused(req, error, None, form.get("client_id"))
     client_key = f"{tenant.lower()}/{client_id.lower()}"
     try:
         _check_throttle(req, client_key)
         return await anyio.to_thread.run_sync(_client_credentials, req, tenant, client_id, form, audience, client_key)
     except OAuthError as error:
-        return _refused(req, error, client_key, client_id)
+        return await _refused(req, error, client_key, client_id)
 
 
 async def _form(req: ApiRequest) -> dict[str, str]:
@@ -324,7 +337,7 @@ async def managed_identity_token(req: ApiRequest) -> Result:
         selector = {k: req.query[k] for k in ("client_id", "object_id", "principal_id", "mi_res_id") if k in req.query}
         return await anyio.to_thread.run_sync(_app_service, req, header, selector, audience)
     except OAuthError as error:
-        return _refused(req, error, endpoint_key, req.query.get("client_id"))
+        return await _refused(req, error, endpoint_key, req.query.get("client_id"))
 
 
 def _app_service(req: ApiRequest, header: str, selector: dict[str, str], audience: str) -> Result:
@@ -386,7 +399,7 @@ async def imds_token(req: ApiRequest) -> Result:
         selector = {_IMDS_SELECTORS[k]: req.query[k] for k in _IMDS_SELECTORS if req.query.get(k)}
         return await anyio.to_thread.run_sync(_imds, req, selector, audience)
     except OAuthError as error:
-        return _refused(req, error, None, req.query.get("client_id"))
+        return await _refused(req, error, None, req.query.get("client_id"))
 
 
 def _imds_request(req: ApiRequest) -> None:
