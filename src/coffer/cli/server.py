@@ -43,10 +43,12 @@ DEV_BANNER = """\
 _M_MMAP_THRESHOLD = -3  # mallopt(3)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one listening socket per worker on the same port: the kernel spreads connections evenly
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Accepted connections inherit this: without it the body of a response waits ~40 ms for the
     # client's delayed ACK of the headers (Nagle's algorithm).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -61,12 +63,13 @@ def _bind(config: Config) -> list[socket.socket]:
     """Listen on the configured address; on loopback also on ::1, because resolvers map *.localhost
     to both 127.0.0.1 and ::1 and clients try ::1 first. The same port on both: with port 0, one that is free on
     both (else clients resolving ::1 would reach whatever other program holds that port there)."""
+    reuse_port = config.workers > 1
     for _attempt in range(50):
-        sockets = [_listen(config.bind, config.port)]
+        sockets = [_listen(config.bind, config.port, reuse_port=reuse_port)]
         if config.bind != "127.0.0.1":
             return sockets
         try:
-            sockets.append(_listen("::1", sockets[0].getsockname()[1]))
+            sockets.append(_listen("::1", sockets[0].getsockname()[1], reuse_port=reuse_port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 sockets[0].close()
@@ -163,7 +166,12 @@ def serve(config: Config) -> None:
     if config.workers > 1:
         from coffer.cli import workers
 
-        workers.exec_supervisor(config, sockets, dev_token)
+        # Each worker its own listening sockets on the port (SO_REUSEPORT): with one shared socket, whichever worker
+        # woke first took a new connection, and a few long-lived connections could all end up on one worker.
+        socket_sets = [sockets]
+        for _ in range(config.workers - 1):
+            socket_sets.append([_listen(s.getsockname()[0], config.port, reuse_port=True) for s in sockets])
+        workers.exec_supervisor(config, socket_sets, dev_token)
     coffer = Coffer(config)
     files, lines = start(coffer, dev_token)
     run(coffer, sockets, files, announce=lambda: print("\n".join(lines), flush=True))

@@ -1,9 +1,10 @@
 """Several worker processes on one node (COFFER_WORKERS > 1).
 
-The supervisor binds the listening sockets, brings the installation up once (dev: identities, dev.env, TLS files),
-then starts each worker as a fresh interpreter (no fork: the PKCS#11 library and OpenSSL start clean) that inherits
-the sockets; the kernel spreads connections over them. Every worker is a whole Coffer: its own caches, kept current
-by the change feed, and the background jobs run in whichever process holds the leadership.
+The supervisor binds the listening sockets (a set per worker, on one port with SO_REUSEPORT), brings the installation
+up once (dev: identities, dev.env, TLS files), then starts each worker as a fresh interpreter (no fork: the PKCS#11
+library and OpenSSL start clean) that inherits its set; the kernel spreads connections over them. Every worker is a
+whole Coffer: its own caches, kept current by the change feed, and the background jobs run in whichever process holds
+the leadership.
 
 The seal is per process, so the supervisor relays it: an unseal share submitted to one worker is handed to the others
 (the next share may reach any of them); when a worker unseals, it sends its root key over its private socketpair and
@@ -53,12 +54,14 @@ class _Worker:
         self.ready = False
 
 
-def exec_supervisor(config: Config, sockets: list[socket.socket], dev_token: bool) -> NoReturn:
-    """Replace this process (the CLI, with the whole server imported) with a lean supervisor of the same PID."""
+def exec_supervisor(config: Config, socket_sets: list[list[socket.socket]], dev_token: bool) -> NoReturn:
+    """Replace this process (the CLI, with the whole server imported) with a lean supervisor of the same PID.
+    `socket_sets`: the listening sockets of each worker."""
     read_fd, write_fd = os.pipe()
-    os.write(write_fd, pickle.dumps((config, dev_token)))  # a few KB: fits in the pipe's buffer
+    per_worker = len(socket_sets[0])
+    os.write(write_fd, pickle.dumps((config, dev_token, per_worker)))  # a few KB: fits in the pipe's buffer
     os.close(write_fd)
-    fds = [read_fd, *(s.fileno() for s in sockets)]
+    fds = [read_fd, *(s.fileno() for sockets in socket_sets for s in sockets)]
     for fd in fds:
         os.set_inheritable(fd, True)
     sys.stdout.flush()
@@ -111,12 +114,12 @@ def _receive_all(channel: socket.socket) -> bytes:
 def _supervisor_main(config_fd: int, socket_fds: list[int]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     with os.fdopen(config_fd, "rb") as pipe:
-        config, dev_token = pickle.load(pipe)  # noqa: S301 - written by this same process before exec
+        config, dev_token, per_worker = pickle.load(pipe)  # noqa: S301 - written by this same process before exec
     sockets = [socket.socket(fileno=fd) for fd in socket_fds]
-    supervise(config, sockets, dev_token)
+    supervise(config, [sockets[i : i + per_worker] for i in range(0, len(sockets), per_worker)], dev_token)
 
 
-def supervise(config: Config, sockets: list[socket.socket], dev_token: bool) -> None:
+def supervise(config: Config, socket_sets: list[list[socket.socket]], dev_token: bool) -> None:
     """Run `config.workers` workers until SIGINT/SIGTERM; restart a worker that dies."""
     lines, root = _set_up(config, dev_token)
     lines[0] += f" ({config.workers} worker processes)"
@@ -126,7 +129,7 @@ def supervise(config: Config, sockets: list[socket.socket], dev_token: bool) -> 
     workers: list[_Worker] = []
 
     def spawn(index: int) -> _Worker:
-        worker = _Worker(index, config, sockets, root)
+        worker = _Worker(index, config, socket_sets[index], root)
         selector.register(worker.channel, selectors.EVENT_READ, worker)
         return worker
 
