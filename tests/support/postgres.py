@@ -183,6 +183,10 @@ class PostgresServer:
         with psycopg.connect(dsn) as conn:
             row = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()
         assert row is not None
+        # Write every dirty page to the database's files first: a row may otherwise exist on disk only as a WAL
+        # record in a segment the cluster has already recycled for other tests' traffic (the scan would miss it).
+        with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+            admin.execute("CHECKPOINT")
         wal = [p for p in (self.data / "pg_wal").iterdir() if p.is_file() and p.stat().st_mtime >= since]
         database = [p for p in (self.data / "base" / str(row[0])).rglob("*") if p.is_file()]
         return sorted(wal) + sorted(database) + [self.root / "server.log"]
