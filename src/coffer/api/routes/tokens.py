@@ -107,18 +107,6 @@ def guards(pipeline: Pipeline) -> Guards:
         return found
 
 
-def _audit(
-    req: ApiRequest,
-    principal: PrincipalRow | None,
-    status: int,
-    description: str | None,
-    *,
-    client_id: str | None = None,
-    credential: CredentialRow | None = None,
-) -> None:
-    req.pipeline.audit.write(_record(req, principal, status, description, client_id=client_id, credential=credential))
-
-
 def _record(
     req: ApiRequest,
     principal: PrincipalRow | None,
@@ -190,7 +178,7 @@ def _issue(req: ApiRequest, principal: PrincipalRow, credential: CredentialRow, 
         credential_id=credential.id,
         resource_id=principals.resource_id(principal) if managed else None,
     )
-    _audit(req, principal, 200, None, credential=credential)
+    req.pipeline.audit.write(_record(req, principal, 200, None, credential=credential))
     return token
 
 
