@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -79,3 +80,37 @@ def test_async_records_share_fsyncs_and_a_failed_batch_fails_each(tmp_path: Path
             await log.write_async({"n": "late"})
 
     asyncio.run(closed())
+
+
+def test_records_of_requests_in_flight_share_one_fsync_and_a_lone_one_is_not_delayed(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    fsyncs, counting_fsync = _fsync_counter()
+
+    async def arrive(n: int, after: float) -> float:
+        await asyncio.sleep(after)
+        started = time.perf_counter()
+        await log.write_async({"n": n})
+        return time.perf_counter() - started
+
+    async def scenario() -> None:
+        with mock.patch("coffer.audit.log.os.fsync", counting_fsync):
+            # three requests in flight whose records come 10 ms apart: the flusher waits for the last one, and
+            # flushes as soon as it came (not after the group delay)
+            log.requests_in_flight = 3
+            with mock.patch("coffer.audit.log.GROUP_DELAY_SECONDS", 10.0):
+                waited = await asyncio.gather(*(arrive(n, n * 0.01) for n in range(3)))
+            assert fsyncs[0] == 1
+            assert max(waited) < 5.0
+            # the edge counted 5, but only one record comes: it waits at most the group delay
+            log.requests_in_flight = 5
+            waited = await arrive(3, 0)
+            assert waited < 0.5
+            # a request alone is not delayed at all: the flusher does not wait
+            log.requests_in_flight = 1
+            with mock.patch("coffer.audit.log.GROUP_DELAY_SECONDS", 10.0):
+                waited = await arrive(4, 0)
+            assert waited < 1.0
+
+    asyncio.run(scenario())
+    log.close()
+    assert (tmp_path / "audit.log").read_bytes().count(b'"n":') == 5

@@ -64,8 +64,13 @@ class Api:
                     return
         if scope["type"] != "http":
             return
-        response = await self.handle(Request(scope, receive))
-        await response.send(send)
+        audit = self.pipeline.audit
+        audit.requests_in_flight += 1  # lets the audit log wait for their records to share one fsync
+        try:
+            response = await self.handle(Request(scope, receive))
+            await response.send(send)
+        finally:
+            audit.requests_in_flight -= 1
 
     async def handle(self, request: Request) -> _Response:
         path: str = request.scope["path"]

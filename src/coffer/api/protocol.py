@@ -102,6 +102,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_deadline()
         super().on_headers_complete()
+        if self.cycle is not None:  # the cycle uvicorn just made for this request
+            self.cycle.transport = _CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Azure's error envelope, then close: the connection is in no state to carry another request."""
@@ -126,6 +128,46 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _abort_if_open(self) -> None:
         if not self._lost:
             self.transport.abort()
+
+
+class _CoalescingTransport:
+    """The transport as a request's response cycle sees it. uvicorn writes a response's head and its body separately,
+    so each response cost two TLS records and two send() calls; here the head waits for the body's write (in the same
+    step of the event loop, as Coffer sends them) and both go out together. Whatever is still held when that step
+    ends (a head whose body comes later, a 100 Continue) is written then."""
+
+    __slots__ = ("_held", "_loop", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif not self._started:  # the first write: hold it until the next one or the end of this loop step
+            self._started = True
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def guarded_protocol(head_timeout: float, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> type[HttpToolsProtocol]:

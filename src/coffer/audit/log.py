@@ -7,7 +7,10 @@ group of writes itself), a read before its response is sent (`write_async`, on t
 requests meanwhile). If that fails, the request fails.
 
 Group commit of reads: one flusher thread writes and fsyncs every record that is waiting as one batch, so concurrent
-requests share an fsync; every caller of a batch that failed gets AuditError.
+requests share an fsync; every caller of a batch that failed gets AuditError. While other requests of this process are
+in flight (the edge counts them in `requests_in_flight`), the flusher waits up to `GROUP_DELAY_SECONDS` for their
+records to join the batch (as PostgreSQL's commit_delay with commit_siblings): under load an fsync per one or two
+requests cost about a sixth of the CPU of a secret get; a lone request is never delayed.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ def _timestamp() -> str:
     return f"{cached[1]}.{int((now - second) * 1000):03d}Z"
 
 
+# How long the flusher waits for the records of requests in flight to join a batch (see the module's docstring).
+GROUP_DELAY_SECONDS = 0.001
+
+
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -67,6 +74,7 @@ class AuditLog:
         self._pending: list[_Entry] = []
         self._closing = False
         self._direct = 0  # write() calls in progress (close waits for them)
+        self.requests_in_flight = 0  # counted by the HTTP edge (on the event loop; read here as a hint only)
         self._flusher = threading.Thread(target=self._flush_forever, name="coffer-audit", daemon=True)
         self._flusher.start()
 
@@ -96,7 +104,8 @@ class AuditLog:
             if self._closing:
                 raise AuditError("audit log write failed: the audit log is closed")
             self._pending.append(entry)
-            if len(self._pending) == 1:
+            waiting = len(self._pending)
+            if waiting == 1 or waiting >= self.requests_in_flight:  # the first, or the last one the flusher awaits
                 self._cond.notify_all()
         await entry.future
 
@@ -107,6 +116,12 @@ class AuditLog:
                     self._cond.wait()
                 if not self._pending:
                     return
+                deadline = time.monotonic() + GROUP_DELAY_SECONDS
+                while len(self._pending) < self.requests_in_flight and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
                 batch, self._pending = self._pending, []
             error = None
             try:
