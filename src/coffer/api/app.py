@@ -13,9 +13,9 @@ import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from coffer.api.request import ApiRequest
+from coffer.api.request import ApiRequest, query_params
 from coffer.api.routes import access, admin, ca, certificates, identity, keys, rbac, secrets, system, tokens
-from coffer.api.routing import Route, resolve
+from coffer.api.routing import Route, RouteTable, resolve
 from coffer.audit import AuditError
 from coffer.core import RequestInfo, Result
 from coffer.crypto import DecryptionFailed
@@ -34,9 +34,9 @@ from coffer.storage import StorageError
 
 log = logging.getLogger("coffer.api")
 
-VAULT_ROUTES: list[Route] = secrets.ROUTES + keys.ROUTES + certificates.ROUTES + rbac.ROUTES
-SERVER_PUBLIC_ROUTES: list[Route] = system.PUBLIC_ROUTES + tokens.ROUTES + ca.PUBLIC_ROUTES
-SERVER_ROUTES: list[Route] = system.ROUTES + admin.ROUTES + ca.ROUTES + identity.ROUTES + access.ROUTES
+VAULT_ROUTES = RouteTable(secrets.ROUTES + keys.ROUTES + certificates.ROUTES + rbac.ROUTES)
+SERVER_PUBLIC_ROUTES = RouteTable(system.PUBLIC_ROUTES + tokens.ROUTES + ca.PUBLIC_ROUTES)
+SERVER_ROUTES = RouteTable(system.ROUTES + admin.ROUTES + ca.ROUTES + identity.ROUTES + access.ROUTES)
 
 _SECURITY_HEADERS = {
     "cache-control": "no-cache",
@@ -74,7 +74,7 @@ class Api:
 
     async def handle(self, request: Request) -> _Response:
         path: str = request.scope["path"]
-        api_version = request.query_params.get("api-version")
+        api_version = query_params(request.scope["query_string"]).get("api-version")
         headers, repeated = _headers(request.scope["headers"])
         client = request.scope.get("client")
         info = RequestInfo(
@@ -117,22 +117,22 @@ class Api:
                 read_timeout=self.coffer.config.request_read_timeout_seconds,
             )
             result: Result = await route.handler(api_request)
-            return self._render(result.status, result.body, request, result.headers)
+            return self._render(result.status, result.body, info, result.headers)
         except CofferError as error:
-            return await self._fail(error, request, info, route, vault, caller)
+            return await self._fail(error, info, route, vault, caller)
         except DecryptionFailed as error:  # a stored blob was altered or moved: never garbage, and tell the operator
             log.error("request %s (%s): stored data failed its integrity check: %s", info.correlation_id or "-",
                       route.name if route else "-", _described(error))
             return await self._fail(
                 CofferError("Stored data failed its integrity check; it may have been altered. Nothing was returned."),
-                request, info, route, vault, caller,
+                info, route, vault, caller,
             )
         except (AuditError, StorageError) as error:
             log.error("request %s failed closed: %s", info.correlation_id or "-", _described(error))
             return self._render(
                 500,
                 CofferError("The request could not be completed durably; nothing was changed. Try again.").envelope(),
-                request,
+                info,
             )
         except Exception as error:
             log.error(
@@ -141,12 +141,11 @@ class Api:
                 route.name if route else "-",
                 _described(error),
             )
-            return await self._fail(CofferError("An internal error occurred."), request, info, route, vault, caller)
+            return await self._fail(CofferError("An internal error occurred."), info, route, vault, caller)
 
     async def _fail(
         self,
         error: CofferError,
-        request: Request,
         info: RequestInfo,
         route: Route | None,
         vault: str | None,
@@ -165,7 +164,7 @@ class Api:
         except AuditError as audit_error:
             log.error("audit of request %s failed: %s", info.correlation_id or "-", _described(audit_error))
             error = CofferError("The request could not be audited; it was refused.")
-        return self._render(error.status, error.envelope(), request, headers)
+        return self._render(error.status, error.envelope(), info, headers)
 
     def _challenge(self, vault: str | None, *, claims: bool) -> str:
         tenant = self.coffer.tenant_of(vault) if vault else ""
@@ -180,9 +179,9 @@ class Api:
         return f'Bearer authorization="{authority}/{tenant}", resource="{self.coffer.resource}"'
 
     @staticmethod
-    def _render(status: int, body: Any, request: Request, extra: dict[str, str] | None = None) -> _Response:
+    def _render(status: int, body: Any, info: RequestInfo, extra: dict[str, str] | None = None) -> _Response:
         headers = list(_SECURITY_HEADERS_RAW)
-        client_request_id = request.headers.get("x-ms-client-request-id")
+        client_request_id = info.correlation_id  # the x-ms-client-request-id header
         if client_request_id:
             headers.append((b"x-ms-client-request-id", client_request_id[:128].encode("latin-1")))
         media_type = b"application/json; charset=utf-8"

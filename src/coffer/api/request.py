@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 
 from coffer.core import Pipeline, RequestInfo
 from coffer.errors import BadParameter, PayloadTooLarge, RequestTimeout
 from coffer.identity.tokens import Caller
+
+
+def query_params(raw: bytes) -> QueryParams:
+    """A request's query parameters; the short query strings that recur (`api-version=7.5`) are parsed once."""
+    return _recurring_query(raw) if len(raw) <= 128 else QueryParams(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _recurring_query(raw: bytes) -> QueryParams:
+    return QueryParams(raw)  # immutable: safe to share between requests
 
 
 @dataclass
@@ -28,8 +40,8 @@ class ApiRequest:
     read_timeout: float = 30.0  # seconds for the whole body to arrive (slow clients)
 
     @property
-    def query(self) -> Any:
-        return self.http.query_params
+    def query(self) -> QueryParams:
+        return query_params(self.http.scope["query_string"])
 
     async def body_bytes(self) -> bytes:
         declared = self.http.headers.get("content-length")

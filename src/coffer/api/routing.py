@@ -55,10 +55,35 @@ def split_path(path: str) -> list[str]:
     return stripped.split("/") if stripped else []
 
 
-def resolve(routes: list[Route], method: str, path: str) -> tuple[Route, dict[str, str]]:
+class RouteTable:
+    """Routes indexed by their number of segments and first literal segment, so that a request is matched against
+    the few routes of its shape instead of all of them (in their declared order, as a plain list would be)."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        shapes: dict[tuple[int, str | None], list[tuple[int, Route]]] = {}
+        for index, route in enumerate(routes):
+            first = route._parts[0][0] if route._parts else ""
+            lengths = (len(route._parts), len(route._parts) - 1) if route._optional_tail else (len(route._parts),)
+            for length in lengths:
+                shapes.setdefault((length, first), []).append((index, route))
+        # a route whose first segment is a parameter matches any first segment: add it to every list of its length
+        for (length, first), entries in shapes.items():
+            if first is not None:
+                entries.extend(shapes.get((length, None), []))
+                entries.sort(key=lambda entry: entry[0])
+        self._shapes = {shape: [route for _, route in entries] for shape, entries in shapes.items()}
+
+    def candidates(self, segments: list[str]) -> list[Route]:
+        length = len(segments)
+        first = segments[0].lower() if segments else ""
+        found = self._shapes.get((length, first))
+        return found if found is not None else self._shapes.get((length, None), [])
+
+
+def resolve(table: RouteTable, method: str, path: str) -> tuple[Route, dict[str, str]]:
     segments = split_path(path)
     allowed = False
-    for route in routes:
+    for route in table.candidates(segments):
         params = route.match(segments)
         if params is None:
             continue
