@@ -106,6 +106,7 @@ class Api:
                 route, params = resolve(VAULT_ROUTES if kind == "vault" else SERVER_ROUTES, method, path)
             api_request = ApiRequest(
                 http=request,
+                headers=headers,
                 params=params,
                 pipeline=self.pipeline,
                 info=info,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -29,6 +29,7 @@ def _recurring_query(raw: bytes) -> QueryParams:
 @dataclass
 class ApiRequest:
     http: Request
+    headers: dict[str, str]  # by lower-case name, the first of each (read once by the edge)
     params: dict[str, str]
     pipeline: Pipeline
     info: RequestInfo
@@ -38,29 +39,42 @@ class ApiRequest:
     max_body: int
     app: Any  # coffer.app.Coffer (kept untyped here to keep the edge below the composition root)
     read_timeout: float = 30.0  # seconds for the whole body to arrive (slow clients)
+    _body: bytes | None = field(default=None, repr=False)  # once read
 
     @property
     def query(self) -> QueryParams:
         return query_params(self.http.scope["query_string"])
 
     async def body_bytes(self) -> bytes:
-        declared = self.http.headers.get("content-length")
+        if self._body is None:
+            self._body = await self._read_body()
+        return self._body
+
+    async def _read_body(self) -> bytes:
+        declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise PayloadTooLarge(f"The request body is larger than {self.max_body} bytes.")
         chunks: list[bytes] = []
         size = 0
+        receive = self.http.receive
         try:
             async with asyncio.timeout(self.read_timeout):
-                async for chunk in self.http.stream():
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # http.disconnect
+                        raise ClientDisconnect()
+                    chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_body:
                         raise PayloadTooLarge(f"The request body is larger than {self.max_body} bytes.")
                     chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
         except TimeoutError:
             raise RequestTimeout(f"The request body was not received within {self.read_timeout:g} seconds.") from None
         except ClientDisconnect:
             raise BadParameter("The client closed the connection before the request body was complete.") from None
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def json(self, *, required: bool = True) -> dict[str, Any]:
         raw = await self.body_bytes()

@@ -219,6 +219,7 @@ def _ec_check(key: KeyMaterial, alg: str) -> int:
     return (_EC_CURVES[key.curve].key_size + 7) // 8
 
 
+@functools.cache  # a handful of algorithms; the padding objects are immutable
 def _rsa_padding(alg: str) -> padding.AsymmetricPadding:
     if alg == "RSA1_5":
         return padding.PKCS1v15()

@@ -29,6 +29,7 @@ DEFAULT_OPS = {
 }
 # Operations still allowed outside a key's nbf/exp window (Key Vault's rule).
 _ALLOWED_OUTSIDE_DATES = frozenset({"decrypt", "unwrapKey", "verify"})
+_PUBLIC_OPERATIONS = frozenset({"encrypt", "verify", "wrapKey"})  # with an RSA or EC key: its public members suffice
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?$")
 
 
@@ -284,12 +285,13 @@ def list_versions(view: VaultView, name: str, *, after_seq: int | None, limit: i
 
 
 # --- cryptographic operations ----------------------------------------------------------------------------
-def _material(view: VaultView, row: VersionRow) -> KeyMaterial:
+def _material(view: VaultView, row: VersionRow, *, private: bool = True) -> KeyMaterial:
+    """The key as the backends take it; with private=False without its private part (which stays sealed)."""
     extra = row.extra
     return KeyMaterial(
         kty=str(extra["kty"]),
         public=dict(extra.get("public", {})),
-        private=view.open(KIND, row.name, row.version, "key", row.payload),
+        private=view.open(KIND, row.name, row.version, "key", row.payload) if private else b"",
         size=extra.get("size"),
         curve=extra.get("crv"),
     )
@@ -322,7 +324,7 @@ def operate(
     key = get(view, name, version)
     _check_usable(key, op)
     backend = backends.for_type(key.kty)
-    material = _material(view, key.row)
+    material = _material(view, key.row, private=not (op in _PUBLIC_OPERATIONS and key.kty in ("RSA", "EC")))
     value = inputs.get("value") or b""
     try:
         if op == "encrypt":

@@ -290,7 +290,7 @@ def _by_secret(req: ApiRequest, tenant: str, client_id: str, secret: str) -> tup
 
 def _by_assertion(req: ApiRequest, tenant: str, client_id: str, assertion: str) -> tuple[PrincipalRow, CredentialRow]:
     bases = [req.app.authority]
-    host = req.http.headers.get("host", "")
+    host = req.headers.get("host", "")
     if host:
         bases.append(f"https://{host}")
     try:
@@ -315,7 +315,7 @@ async def managed_identity_token(req: ApiRequest) -> Result:
     """App Service managed-identity protocol: GET {IDENTITY_ENDPOINT}?resource=...&api-version=2019-08-01."""
     if req.app.barrier.sealed:
         raise Sealed()
-    header = req.http.headers.get("x-identity-header", "")
+    header = req.headers.get("x-identity-header", "")
     endpoint_key = f"endpoint/{header.partition('.')[0][:64]}" if header else None
     try:
         if not header:
@@ -391,7 +391,7 @@ async def imds_token(req: ApiRequest) -> Result:
 
 
 def _imds_request(req: ApiRequest) -> None:
-    if not _loopback(req.info.caller_ip) or any(h in req.http.headers for h in _PROXY_HEADERS):
+    if not _loopback(req.info.caller_ip) or any(h in req.headers for h in _PROXY_HEADERS):
         raise ImdsError(
             403,
             "forbidden",
@@ -399,7 +399,7 @@ def _imds_request(req: ApiRequest) -> None:
             0,
             reason="IMDS request from a non-loopback address or through a proxy",
         )
-    if req.http.headers.get("metadata", "").lower() != "true":
+    if req.headers.get("metadata", "").lower() != "true":
         raise ImdsError(400, "invalid_request", "Required metadata header not specified", 0)
     if not req.query.get("api-version"):
         raise ImdsError(400, "invalid_request", "Required query variable 'api-version' is missing", 0)
