@@ -592,6 +592,7 @@ class Coffer:
         )
 
     def close(self) -> None:
+        self.pipeline.close()
         self.audit.close()
         self.storage.close()
         if self.hsm_backend is not None:

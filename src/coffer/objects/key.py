@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -319,33 +320,36 @@ def operate(
     op: str,
     inputs: dict[str, bytes | None],
     alg: str,
-) -> tuple[Key, dict[str, bytes | bool | None]]:
-    """Run encrypt, decrypt, sign, verify, wrapKey or unwrapKey; inputs are decoded bytes."""
+) -> tuple[Key, Callable[[], dict[str, bytes | bool | None]]]:
+    """Encrypt, decrypt, sign, verify, wrapKey or unwrapKey (inputs are decoded bytes): the key, checked usable, and
+    the operation itself as a function, to run when and where the caller chooses (outside the transaction)."""
     key = get(view, name, version)
     _check_usable(key, op)
     backend = backends.for_type(key.kty)
     material = _material(view, key.row, private=not (op in _PUBLIC_OPERATIONS and key.kty in ("RSA", "EC")))
     value = inputs.get("value") or b""
-    try:
-        if op == "encrypt":
-            result = backend.encrypt(material, alg, value, iv=inputs.get("iv"), aad=inputs.get("aad"))
-            return key, {"value": result.value, "iv": result.iv, "tag": result.tag, "aad": result.aad}
-        if op == "decrypt":
-            plain = backend.decrypt(
-                material, alg, value, iv=inputs.get("iv"), aad=inputs.get("aad"), tag=inputs.get("tag")
-            )
-            return key, {"value": plain}
-        if op == "wrapKey":
-            return key, {"value": backend.wrap(material, alg, value)}
-        if op == "unwrapKey":
-            return key, {"value": backend.unwrap(material, alg, value)}
-        if op == "sign":
-            return key, {"value": backend.sign(material, alg, inputs.get("digest") or value)}
-        if op == "verify":
-            return key, {"value": backend.verify(material, alg, inputs.get("digest") or b"", value)}
-    except KeyOperationError as exc:
-        raise BadParameter(str(exc)) from None
-    raise BadParameter(f"Unknown key operation {op}.")
+
+    def compute() -> dict[str, bytes | bool | None]:
+        try:
+            if op == "encrypt":
+                result = backend.encrypt(material, alg, value, iv=inputs.get("iv"), aad=inputs.get("aad"))
+                return {"value": result.value, "iv": result.iv, "tag": result.tag, "aad": result.aad}
+            if op == "decrypt":
+                iv, aad, tag = inputs.get("iv"), inputs.get("aad"), inputs.get("tag")
+                return {"value": backend.decrypt(material, alg, value, iv=iv, aad=aad, tag=tag)}
+            if op == "wrapKey":
+                return {"value": backend.wrap(material, alg, value)}
+            if op == "unwrapKey":
+                return {"value": backend.unwrap(material, alg, value)}
+            if op == "sign":
+                return {"value": backend.sign(material, alg, inputs.get("digest") or value)}
+            if op == "verify":
+                return {"value": backend.verify(material, alg, inputs.get("digest") or b"", value)}
+        except KeyOperationError as exc:
+            raise BadParameter(str(exc)) from None
+        raise BadParameter(f"Unknown key operation {op}.")
+
+    return key, compute
 
 
 def random_bytes(count: Any) -> bytes:

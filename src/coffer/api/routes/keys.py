@@ -47,8 +47,6 @@ async def _run(
     write: bool,
     run: Any,
     policy: str | None = None,
-    *,
-    blocking: bool = False,
 ) -> Result:
     op = Operation(
         name=name,
@@ -58,7 +56,6 @@ async def _run(
         write=write,
         run=run,
         policy=policy,
-        blocking=blocking,
     )
     assert req.caller is not None
     return await req.pipeline.execute(op, req.caller, req.info)
@@ -190,23 +187,28 @@ async def key_operation(req: ApiRequest) -> Result:
         raise BadParameter("Property value is required.")
 
     def run(ctx: Context) -> Result:
-        item, out = key.operate(ctx.require_view(), _backends(req), name, version, op, inputs, alg)
+        item, compute = key.operate(ctx.require_view(), _backends(req), name, version, op, inputs, alg)
         kid = wire.key_id(req.vault_url, item)
-        if op == "verify":
-            return Result(body={"value": bool(out["value"])}, object_id=kid)
-        result: dict[str, Any] = {"kid": kid}
-        for field in ("value", "iv", "tag", "aad"):
-            data = out.get(field)
-            if isinstance(data, bytes):
-                result[field] = wire.b64url_encode(data)
-        return Result(body=result, object_id=kid)
 
-    # An HSM call, or an RSA private-key operation (0.4 ms and more of OpenSSL, which runs on another core while
-    # the event loop serves other requests), goes to a worker thread; the rest takes microseconds.
-    blocking = _backends(req).hsm is not None or (op in _PRIVATE_OPS and alg.upper().startswith(("RS", "PS", "RSA")))
-    return await _run(
-        req, _OP_NAMES[op], f"keys/{_OP_ACTIONS[op]}/action", f"/keys/{name}", False, run, blocking=blocking
-    )
+        def answer() -> dict[str, Any]:
+            out = compute()
+            if op == "verify":
+                return {"value": bool(out["value"])}
+            result: dict[str, Any] = {"kid": kid}
+            for field in ("value", "iv", "tag", "aad"):
+                data = out.get(field)
+                if isinstance(data, bytes):
+                    result[field] = wire.b64url_encode(data)
+            return result
+
+        # An HSM call, or an RSA private-key operation (0.3 ms and more of OpenSSL, which releases the GIL), runs in
+        # a worker thread once the transaction is over, while the event loop serves other requests; the rest takes
+        # microseconds and runs on the loop.
+        if item.kty.endswith("-HSM") or (op in _PRIVATE_OPS and item.kty == "RSA"):
+            return Result(finish=answer, object_id=kid)
+        return Result(body=answer(), object_id=kid)
+
+    return await _run(req, _OP_NAMES[op], f"keys/{_OP_ACTIONS[op]}/action", f"/keys/{name}", False, run)
 
 
 async def get_rotation_policy(req: ApiRequest) -> Result:
