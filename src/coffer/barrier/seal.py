@@ -50,7 +50,7 @@ class Barrier:
         self._root: bytes | None = None
         self._backup: bytes | None = None
         self._pending_shares: list[str] = []
-        self._vault_keys: dict[tuple[str, int, bytes], bytes] = {}
+        self._vault_keys: dict[tuple[str, int, bytes], envelope.Key] = {}
 
     # --- seal state -------------------------------------------------------------------------
     def _config(self) -> dict[str, int] | None:
@@ -173,12 +173,13 @@ class Barrier:
         """A fresh data key for `vault`, returned sealed by the root key (for VaultRow.wrapped_key)."""
         return envelope.seal(self._root_key(), envelope.new_key(), envelope.aad("vault-key", vault.lower()), term=term)
 
-    def vault_key(self, vault: VaultRow) -> bytes:
+    def vault_key(self, vault: VaultRow) -> envelope.Key:
+        """The vault's data key, unwrapped once and kept prepared until the server seals."""
         cache_key = (vault.name.lower(), vault.key_term, vault.wrapped_key)
         key = self._vault_keys.get(cache_key)
         if key is None:
-            key = envelope.open(self._root_key(), vault.wrapped_key, envelope.aad("vault-key", vault.name.lower()))
-            self._vault_keys[cache_key] = key
+            raw = envelope.open(self._root_key(), vault.wrapped_key, envelope.aad("vault-key", vault.name.lower()))
+            key = self._vault_keys[cache_key] = envelope.prepare(raw)
         return key
 
     # --- backups ----------------------------------------------------------------------------

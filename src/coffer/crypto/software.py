@@ -219,6 +219,11 @@ def _ec_check(key: KeyMaterial, alg: str) -> int:
     return (_EC_CURVES[key.curve].key_size + 7) // 8
 
 
+@functools.cache  # ES256, ES384, ES512, ES256K; the objects are immutable
+def _ecdsa_prehashed(alg: str) -> ec.ECDSA:
+    return ec.ECDSA(utils.Prehashed(_HASHES[alg[2:]]()))
+
+
 @functools.cache  # a handful of algorithms; the padding objects are immutable
 def _rsa_padding(alg: str) -> padding.AsymmetricPadding:
     if alg == "RSA1_5":
@@ -409,7 +414,8 @@ class SoftwareBackend:
             pad = padding.PKCS1v15() if alg.startswith("RS") else _pss(hash_algorithm)
             return _rsa_private(key).sign(digest, pad, utils.Prehashed(hash_algorithm))
         length = _ec_check(key, alg)
-        der = _ec_private(key).sign(digest, ec.ECDSA(utils.Prehashed(_hash_for(alg, digest))))
+        _hash_for(alg, digest)  # checks the digest's length
+        der = _ec_private(key).sign(digest, _ecdsa_prehashed(alg))
         r, s = utils.decode_dss_signature(der)
         return r.to_bytes(length, "big") + s.to_bytes(length, "big")
 
