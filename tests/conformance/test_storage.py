@@ -546,6 +546,26 @@ def test_version_lookup_is_case_insensitive(backend: Storage) -> None:
         assert tx.version_get("vault1", "key", "mysecret", "abcdef") is None
 
 
+def test_object_with_version_is_object_get_and_version_get_in_one(backend: Storage) -> None:
+    put_object(backend, "Both", versions=("v1", "v2"))
+    put_object(backend, "gone", versions=("g1",), deleted=500, purge_at=900)
+    put_object(backend, "empty", versions=())
+    with backend.read() as tx:
+        for name, wanted, expected in (("both", None, "v2"), ("BOTH", "V1", "v1"), ("both", "v2", "v2")):
+            obj, row = tx.object_with_version("VAULT1", "secret", name, wanted)
+            assert obj == tx.object_get("vault1", "secret", "both")
+            assert row == tx.version_get("vault1", "secret", "both", expected)
+        obj, row = tx.object_with_version("vault1", "secret", "both", "v3")
+        assert obj is not None and obj.latest == "v2" and row is None
+        obj, row = tx.object_with_version("vault1", "secret", "gone", None)
+        assert obj is not None and obj.deleted == 500 and row is not None and row.version == "g1"
+        obj, row = tx.object_with_version("vault1", "secret", "empty", None)
+        assert obj is not None and obj.latest is None and row is None
+        assert tx.object_with_version("vault1", "secret", "nothing", None) == (None, None)
+        assert tx.object_with_version("vault1", "key", "both", None) == (None, None)
+        assert tx.object_with_version("vault2", "secret", "both", "v1") == (None, None)
+
+
 def test_empty_tags_are_not_confused_with_no_tags(backend: Storage) -> None:
     with backend.write() as tx:
         tx.version_put(version_row("s", "v1", tags={}))

@@ -43,6 +43,11 @@ class VaultView:
     def version_get(self, kind: str, name: str, version: str) -> VersionRow | None:
         return self.tx.version_get(self.vault.name, kind, name, version)
 
+    def object_with_version(
+        self, kind: str, name: str, version: str | None
+    ) -> tuple[ObjectRow | None, VersionRow | None]:
+        return self.tx.object_with_version(self.vault.name, kind, name, version)
+
     def version_put(self, row: VersionRow) -> None:
         row.vault = self.vault.name
         self.tx.version_put(row)

@@ -217,8 +217,7 @@ def _b64url_decode(text: str) -> bytes:
 
 # --- reading and changing --------------------------------------------------------------------------------
 def get(view: VaultView, name: str, version: str | None) -> Key:
-    obj = lifecycle.live(view, KIND, name)
-    return Key(obj, lifecycle.version(view, KIND, obj, version))
+    return Key(*lifecycle.live_version(view, KIND, name, version))
 
 
 def update(view: VaultView, name: str, version: str | None, body: dict[str, Any]) -> Key:

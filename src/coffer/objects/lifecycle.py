@@ -43,6 +43,17 @@ def live(view: VaultView, kind: str, name: str) -> ObjectRow:
     return obj
 
 
+def live_version(view: VaultView, kind: str, name: str, wanted: str | None) -> tuple[ObjectRow, VersionRow]:
+    """`live` and `version` in one storage lookup (the read path of every get and key operation)."""
+    rules.check_name(name, _TITLES[kind][0])
+    obj, row = view.object_with_version(kind, name, wanted or None)
+    if obj is None or obj.deleted is not None or obj.latest is None:
+        raise not_found(kind, name)
+    if row is None:
+        raise not_found(kind, obj.name, wanted)
+    return obj, row
+
+
 def version(view: VaultView, kind: str, obj: ObjectRow, wanted: str | None) -> VersionRow:
     row = view.version_get(kind, obj.name, wanted or obj.latest or "")
     if row is None:

@@ -75,8 +75,7 @@ def set(
 
 
 def get(view: VaultView, name: str, version: str | None) -> Secret:
-    obj = _live(view, name)
-    row = _version(view, obj, version)
+    obj, row = lifecycle.live_version(view, KIND, name, version)
     if not row.enabled:
         raise Forbidden("Operation get is not allowed on a disabled secret.", inner="SecretDisabled")
     return Secret(obj, row, _open_value(view, row))

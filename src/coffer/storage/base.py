@@ -253,6 +253,11 @@ class Transaction(ABC):
     @abstractmethod
     def version_get(self, vault: str, kind: str, name: str, version: str) -> VersionRow | None: ...
     @abstractmethod
+    def object_with_version(
+        self, vault: str, kind: str, name: str, version: str | None
+    ) -> tuple[ObjectRow | None, VersionRow | None]:
+        """An object and one of its versions (`version`, or the object's latest when None) in one lookup."""
+    @abstractmethod
     def version_put(self, row: VersionRow) -> None:
         """Insert or update a version; a new version gets the next `seq` of its object."""
 

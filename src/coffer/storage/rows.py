@@ -24,16 +24,16 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-def _values(row: Any) -> Any:
+def row_values(row: Any) -> Any:
     """A row's values in the order of its SELECT: by position, which is much cheaper than by name (sqlite3.Row looks
     a name up by comparing it with every column's)."""
     return row.values() if isinstance(row, dict) else row
 
 
-def version_row(row: Row) -> VersionRow:
+def version_row(row: Any) -> VersionRow:
     """A row of `SELECT {VERSION_COLUMNS}` (sql_transaction.py), whose order this unpacking follows."""
     (vault, kind, name, version, created, updated, enabled, nbf, exp, content_type, tags, managed, kid, payload, seq,
-     extra) = _values(row)
+     extra) = row_values(row)
     return VersionRow(
         vault=vault,
         kind=kind,
@@ -54,9 +54,9 @@ def version_row(row: Row) -> VersionRow:
     )
 
 
-def object_row(row: Row) -> ObjectRow:
+def object_row(row: Any) -> ObjectRow:
     """A row of `SELECT {OBJECT_COLUMNS}`."""
-    vault, kind, name, latest, deleted, purge_at, data = _values(row)
+    vault, kind, name, latest, deleted, purge_at, data = row_values(row)
     return ObjectRow(
         vault=vault,
         kind=kind,
@@ -68,10 +68,10 @@ def object_row(row: Row) -> ObjectRow:
     )
 
 
-def vault_row(row: Row) -> VaultRow:
+def vault_row(row: Any) -> VaultRow:
     """A row of `SELECT {VAULT_COLUMNS}`."""
     (name, tenant_id, created, updated, retention_days, purge_protection, sku, rbac_authorization, wrapped_key,
-     key_term, access_policies) = _values(row)
+     key_term, access_policies) = row_values(row)
     return VaultRow(
         name=name,
         tenant_id=tenant_id,

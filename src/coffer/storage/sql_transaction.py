@@ -37,6 +37,7 @@ from coffer.storage.rows import (
     principal_row,
     role_assignment_row,
     role_definition_row,
+    row_values,
     vault_row,
     version_row,
 )
@@ -51,6 +52,17 @@ OBJECT_COLUMNS = "vault, kind, name, latest, deleted, purge_at, data"
 VAULT_COLUMNS = (
     "name, tenant_id, created, updated, retention_days, purge_protection, sku, rbac_authorization, wrapped_key, "
     "key_term, access_policies"
+)
+_OBJECT_WIDTH = len(OBJECT_COLUMNS.split(","))
+# An object and one version (the given one, else its latest); the version's columns aliased, as PostgreSQL's dict rows
+# would otherwise merge the names both tables have
+_OBJECT_WITH_VERSION = (
+    "SELECT "  # noqa: S608
+    + ", ".join(f"o.{c.strip()}" for c in OBJECT_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"v.{c.strip()} AS v_{c.strip()}" for c in VERSION_COLUMNS.split(","))
+    + " FROM objects o LEFT JOIN versions v ON v.vault = o.vault AND v.kind = o.kind AND v.name_key = o.name_key "
+    "AND v.version = COALESCE(CAST(? AS TEXT), o.latest) WHERE o.vault = ? AND o.kind = ? AND o.name_key = ?"
 )
 
 # How many entries of the change feed a backend keeps (older ones are deleted as new ones are added).
@@ -378,6 +390,17 @@ class SqlTransaction(Transaction):
             version.lower(),
         )
         return version_row(row) if row else None
+
+    def object_with_version(
+        self, vault: str, kind: str, name: str, version: str | None
+    ) -> tuple[ObjectRow | None, VersionRow | None]:
+        row = self._one(_OBJECT_WITH_VERSION, None if version is None else version.lower(), vault.lower(), kind,
+                        name.lower())
+        if row is None:
+            return None, None
+        values = tuple(row_values(row))
+        obj, version_values = object_row(values[:_OBJECT_WIDTH]), values[_OBJECT_WIDTH:]
+        return obj, version_row(version_values) if version_values[0] is not None else None
 
     def version_put(self, row: VersionRow) -> None:
         key = (row.vault.lower(), row.kind, row.name.lower())
