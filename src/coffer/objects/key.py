@@ -165,8 +165,7 @@ def create(view: VaultView, backends: Backends, name: str, body: dict[str, Any])
     if family == "oct" and size is None:
         size = 256
     key_ops = _check_key_ops(body.get("key_ops"), DEFAULT_OPS[family])
-    obj = lifecycle.free_name(view, KIND, name)
-    lifecycle.refuse_if_managed(view, KIND, obj, "replaced")
+    obj = lifecycle.free_unmanaged(view, KIND, name, "replaced")
     try:
         material = backends.for_type(kty).generate(kty, size=size, curve=curve, public_exponent=exponent)
     except KeyOperationError as exc:
@@ -186,8 +185,7 @@ def import_key(view: VaultView, backends: Backends, name: str, body: dict[str, A
     _check_release_policy(body)
     family = str(kty).removesuffix("-HSM")
     key_ops = _check_key_ops(jwk.get("key_ops"), DEFAULT_OPS[family])
-    obj = lifecycle.free_name(view, KIND, name)
-    lifecycle.refuse_if_managed(view, KIND, obj, "replaced")
+    obj = lifecycle.free_unmanaged(view, KIND, name, "replaced")
     try:
         material = backends.for_type(str(kty)).import_jwk({**jwk, "kty": str(kty)})
     except KeyOperationError as exc:

@@ -84,6 +84,17 @@ def free_name(view: VaultView, kind: str, name: str) -> ObjectRow:
     return obj or ObjectRow(vault=view.name, kind=kind, name=name)
 
 
+def free_unmanaged(view: VaultView, kind: str, name: str, verb: str) -> ObjectRow:
+    """`free_name` and `refuse_if_managed` in one storage lookup (the object with its latest version)."""
+    rules.check_name(name, _TITLES[kind][0])
+    obj, latest = view.object_with_version(kind, name, None)
+    if obj is not None and obj.deleted is not None:
+        return free_name(view, kind, name)  # raises the 409
+    if latest is not None and latest.managed:
+        refuse_if_managed(view, kind, obj, verb)  # raises the 403
+    return obj or ObjectRow(vault=view.name, kind=kind, name=name)
+
+
 def soft_delete(view: VaultView, obj: ObjectRow) -> None:
     stamp = now()
     obj.deleted = stamp

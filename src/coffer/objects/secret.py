@@ -48,8 +48,7 @@ def set(
     content_type = rules.check_content_type(content_type)
     tags = rules.check_tags(tags)
     attrs = rules.check_attributes(attributes)
-    obj = lifecycle.free_name(view, KIND, name)
-    lifecycle.refuse_if_managed(view, KIND, obj, "set")
+    obj = lifecycle.free_unmanaged(view, KIND, name, "set")
     previous = obj.latest
     version = rules.new_version()
     stamp = now()

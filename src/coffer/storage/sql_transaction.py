@@ -404,18 +404,15 @@ class SqlTransaction(Transaction):
 
     def version_put(self, row: VersionRow) -> None:
         key = (row.vault.lower(), row.kind, row.name.lower())
-        existing = self._one(
-            "SELECT seq FROM versions WHERE vault = ? AND kind = ? AND name_key = ? AND version = ?",
+        found = self._one(  # the version's seq if it exists, else the next of its object (one statement for both)
+            "SELECT (SELECT seq FROM versions WHERE vault = ? AND kind = ? AND name_key = ? AND version = ?) AS known, "
+            "(SELECT COALESCE(MAX(seq), 0) FROM versions WHERE vault = ? AND kind = ? AND name_key = ?) AS top",
             *key,
             row.version.lower(),
+            *key,
         )
-        if existing is None:
-            top = self._one(
-                "SELECT COALESCE(MAX(seq), 0) AS top FROM versions WHERE vault = ? AND kind = ? AND name_key = ?", *key
-            )
-            row.seq = (top["top"] if top else 0) + 1
-        else:
-            row.seq = existing["seq"]
+        assert found is not None  # a SELECT without FROM has its one row
+        row.seq = found["known"] if found["known"] is not None else found["top"] + 1
         self._run(
             "INSERT INTO versions(vault, kind, name_key, name, version, created, updated, enabled, nbf, exp, "
             "content_type, tags, managed, kid, payload, seq, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
