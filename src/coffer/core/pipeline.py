@@ -5,7 +5,8 @@
     authorize         Caller, data action, scope → allow / 403     (authz.authorize)
     execute           the operation's handler inside one storage transaction, through the barrier: writes in the
                       process's writer thread (committed in groups), reads on the event loop when the storage
-                      answers from a local file (SQLite), else in a worker thread
+                      answers from a local file (SQLite), else in a worker thread; a read's slow part (an HSM
+                      call, an RSA private-key operation: Result.finish) in a thread once its transaction is over
     audit             the record is made durable before a write's transaction commits (if audit fails, the
                       transaction rolls back), and before a read's response is sent; a request whose record is
                       not durable fails (fail closed)
