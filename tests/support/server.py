@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import shlex
 import signal
@@ -21,6 +23,24 @@ if TYPE_CHECKING:
 
 _databases: dict[Path, str] = {}
 _databases_lock = threading.Lock()
+
+
+_SDK_CHALLENGE_CACHES = (
+    "azure.keyvault.secrets._shared.http_challenge_cache",
+    "azure.keyvault.keys._shared.http_challenge_cache",
+    "azure.keyvault.certificates._shared.http_challenge_cache",
+    "azure.keyvault.administration._internal.http_challenge_cache",
+)
+
+
+def forget_sdk_challenges() -> None:
+    """The Azure SDK keeps each vault host's 401 challenge, which names its tenant, for the life of the process, and
+    asks its credential for a token of that tenant before the next request to the host. A new installation on a port
+    that an earlier one used in this process (port 0 hands ports out again) has another tenant: with the stale
+    challenge the credential refuses (ClientAuthenticationError: "not configured to acquire tokens for tenant ...")."""
+    for name in _SDK_CHALLENGE_CACHES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name).clear()
 
 
 def _database_for(data_dir: Path) -> str:
@@ -138,6 +158,7 @@ class DevServer:
             raise RuntimeError("coffer server did not become ready:\n" + "".join(self.output))
         self.env = read_env_file(self.data_dir / "dev.env")
         self.port = int(self.env["AZURE_AUTHORITY_HOST"].rsplit(":", 1)[1])
+        forget_sdk_challenges()
         # drain the rest of the output in the background so the pipe never fills
         threading.Thread(target=self._drain, daemon=True).start()
         return self
