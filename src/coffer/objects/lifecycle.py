@@ -75,12 +75,7 @@ def free_name(view: VaultView, kind: str, name: str) -> ObjectRow:
     rules.check_name(name, _TITLES[kind][0])
     obj = view.object_get(kind, name)
     if obj is not None and obj.deleted is not None:
-        word, title, _ = _TITLES[kind]
-        raise Conflict(
-            f"{title} {obj.name} is currently in a deleted but recoverable state, and its name cannot be reused; in "
-            f"this state, the {word} can only be recovered or purged.",
-            inner="ObjectIsDeletedButRecoverable",
-        )
+        raise _name_taken_by_deleted(kind, obj)
     return obj or ObjectRow(vault=view.name, kind=kind, name=name)
 
 
@@ -88,11 +83,31 @@ def free_unmanaged(view: VaultView, kind: str, name: str, verb: str) -> ObjectRo
     """`free_name` and `refuse_if_managed` in one storage lookup (the object with its latest version)."""
     rules.check_name(name, _TITLES[kind][0])
     obj, latest = view.object_with_version(kind, name, None)
-    if obj is not None and obj.deleted is not None:
-        return free_name(view, kind, name)  # raises the 409
+    if obj is None:
+        return ObjectRow(vault=view.name, kind=kind, name=name)
+    if obj.deleted is not None:
+        raise _name_taken_by_deleted(kind, obj)
     if latest is not None and latest.managed:
-        refuse_if_managed(view, kind, obj, verb)  # raises the 403
-    return obj or ObjectRow(vault=view.name, kind=kind, name=name)
+        raise _managed(kind, obj, verb)
+    return obj
+
+
+def _name_taken_by_deleted(kind: str, obj: ObjectRow) -> Conflict:
+    word, title, _ = _TITLES[kind]
+    return Conflict(
+        f"{title} {obj.name} is currently in a deleted but recoverable state, and its name cannot be reused; in "
+        f"this state, the {word} can only be recovered or purged.",
+        inner="ObjectIsDeletedButRecoverable",
+    )
+
+
+def _managed(kind: str, obj: ObjectRow, verb: str) -> Forbidden:
+    _, title, _ = _TITLES[kind]
+    return Forbidden(
+        f"{title} {obj.name} is managed by certificate {obj.name}: it cannot be {verb} directly. Use the "
+        "certificate's operations instead.",
+        inner="ManagedObject",
+    )
 
 
 def soft_delete(view: VaultView, obj: ObjectRow) -> None:
@@ -129,12 +144,7 @@ def refuse_if_managed(view: VaultView, kind: str, obj: ObjectRow | None, verb: s
         return
     latest = view.version_get(kind, obj.name, obj.latest)
     if latest is not None and latest.managed:
-        _, title, _ = _TITLES[kind]
-        raise Forbidden(
-            f"{title} {obj.name} is managed by certificate {obj.name}: it cannot be {verb} directly. Use the "
-            "certificate's operations instead.",
-            inner="ManagedObject",
-        )
+        raise _managed(kind, obj, verb)
 
 
 # --- listings ----------------------------------------------------------------------------------------------------
