@@ -90,8 +90,15 @@ def production(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str
             raise
 
 
-def _all_healthy(address: str, ca: str, want: int, tries: int = 12) -> bool:
-    return all(_fresh_get(f"{address}/healthz", ca).status_code == want for _ in range(tries))
+def _all_healthy(address: str, ca: str, want: int, tries: int = 12, seen: list[int] | None = None) -> bool:
+    """`tries` fresh /healthz all answer `want`; `seen` collects the statuses (stops at the first other)."""
+    for _ in range(tries):
+        status = _fresh_get(f"{address}/healthz", ca).status_code
+        if seen is not None:
+            seen.append(status)
+        if status != want:
+            return False
+    return True
 
 
 def test_unseal_shares_reach_every_worker_and_a_dead_worker_comes_back_unsealed(
@@ -133,7 +140,10 @@ def test_unseal_shares_reach_every_worker_and_a_dead_worker_comes_back_unsealed(
     deadline = time.monotonic() + 30
     while True:
         children = _children(proc.pid)
-        if len(children) == WORKERS and victim not in children and _all_healthy(address, ca, 200):
+        seen: list[int] = []
+        if len(children) == WORKERS and victim not in children and _all_healthy(address, ca, 200, seen=seen):
             break
-        assert time.monotonic() < deadline, "".join(output)
+        assert time.monotonic() < deadline, (
+            f"victim {victim}, children now {children}, last /healthz statuses {seen}\n" + "".join(output)
+        )
         time.sleep(0.2)

@@ -153,6 +153,8 @@ def supervise(config: Config, socket_sets: list[list[socket.socket]], dev_token:
             kind, payload = message[:1], message[1:]
             if kind == _READY:
                 worker.ready = True
+                if announced:  # a restarted worker: say that the restart is over
+                    log.info("worker %d (pid %d) is serving again", worker.index, worker.proc.pid)
             elif kind == _UNSEALED:
                 root = payload
                 _tell(workers, worker, message)
@@ -166,7 +168,12 @@ def supervise(config: Config, socket_sets: list[list[socket.socket]], dev_token:
             announced = True
         for i, worker in enumerate(workers):
             if worker.proc.poll() is not None and not stopping.is_set():
-                log.warning("worker %d exited with %s; restarting it", worker.index, worker.proc.returncode)
+                log.warning(
+                    "worker %d (pid %d) exited with %s; restarting it",
+                    worker.index,
+                    worker.proc.pid,
+                    worker.proc.returncode,
+                )
                 _close(selector, worker)
                 time.sleep(_RESTART_DELAY_SECONDS)
                 workers[i] = spawn(worker.index)
