@@ -6,7 +6,7 @@
     execute           the operation's handler inside one storage transaction, through the barrier: writes in the
                       process's writer thread (committed in groups), reads on the event loop when the storage
                       answers from a local file (SQLite), else in a worker thread; a read's slow part (an HSM
-                      call, an RSA private-key operation: Result.finish) in a thread once its transaction is over
+                      call, a large RSA key's private operation: Result.finish) in a thread once its transaction is over
     audit             the record is made durable before a write's transaction commits (if audit fails, the
                       transaction rolls back), and before a read's response is sent; a request whose record is
                       not durable fails (fail closed)
@@ -74,8 +74,9 @@ class Result:
     body: Any = None
     object_id: str | None = None  # the object URI, for the audit record
     headers: dict[str, str] = field(default_factory=dict)
-    # A read's slow part (an HSM call, an RSA private-key operation), run in a worker thread after its transaction,
-    # never on the event loop; it returns the body. If it fails, the request fails (and is audited as failed).
+    # A read's slow part (an HSM call, an RSA-3072/4096 private-key operation), run in a worker thread after its
+    # transaction, never on the event loop; it returns the body. If it fails, the request fails (and is audited as
+    # failed).
     finish: Callable[[], Any] | None = None
 
 

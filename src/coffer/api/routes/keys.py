@@ -171,6 +171,9 @@ def _optional_b64(body: dict[str, Any], field: str) -> bytes | None:
 
 
 _PRIVATE_OPS = {"sign", "decrypt", "unwrapKey"}
+# RSA keys up to this size do their private-key operations on the event loop: an RSA-2048 signature (0.4 ms of
+# OpenSSL) cost a 2-worker server 10-25 % of its throughput more when handed to a thread and back (docs/benchmarks.md)
+_RSA_BITS_ON_LOOP = 2048
 
 
 async def key_operation(req: ApiRequest) -> Result:
@@ -201,10 +204,12 @@ async def key_operation(req: ApiRequest) -> Result:
                     result[field] = wire.b64url_encode(data)
             return result
 
-        # An HSM call, or an RSA private-key operation (0.3 ms and more of OpenSSL, which releases the GIL), runs in
-        # a worker thread once the transaction is over, while the event loop serves other requests; the rest takes
-        # microseconds and runs on the loop.
-        if item.kty.endswith("-HSM") or (op in _PRIVATE_OPS and item.kty == "RSA"):
+        # An HSM call, or a private-key operation of a larger RSA key (1 ms and more of OpenSSL, which releases the
+        # GIL), runs in a worker thread once the transaction is over, while the event loop serves other requests;
+        # the rest takes at most a few tenths of a millisecond and runs on the loop.
+        if item.kty.endswith("-HSM") or (
+            op in _PRIVATE_OPS and item.kty == "RSA" and int(item.row.extra.get("size") or 4096) > _RSA_BITS_ON_LOOP
+        ):
             return Result(finish=answer, object_id=kid)
         return Result(body=answer(), object_id=kid)
 
