@@ -24,8 +24,8 @@ CRYPTO_TITLES = {
     RSA_PSS_SIGN: "RSA-2048 sign, PSS, SHA-256 (prehashed)",
     EC_SIGN: "P-256 ECDSA sign, SHA-256 (prehashed)",
     RSA_ENCRYPT: "RSA-2048 OAEP-256 encrypt",
-    RSA_SIGN_WITH_LOAD: "RSA-2048 PKCS#1 v1.5 sign, private key parsed from DER each time (as Coffer's backend does)",
-    EC_SIGN_WITH_LOAD: "P-256 sign, private key parsed from DER each time (as Coffer's backend does)",
+    RSA_SIGN_WITH_LOAD: "RSA-2048 sign, private key parsed from DER each time (what Coffer's key cache saves)",
+    EC_SIGN_WITH_LOAD: "P-256 sign, private key parsed from DER each time (what Coffer's key cache saves)",
 }
 
 

@@ -122,6 +122,35 @@ def wrk(
     return load
 
 
+def combine(rounds: list[Load]) -> Load:
+    """One operation's measurement on one system from its rounds (of equal length, alternating with the other
+    system's, so that the VM's drift falls on both alike): requests/s and CPU the mean of the rounds, the latency
+    percentiles the median of the rounds' percentiles."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    return Load(
+        rps=mean([r.rps for r in rounds]),
+        p50_ms=median([r.p50_ms for r in rounds]),
+        p90_ms=median([r.p90_ms for r in rounds]),
+        p99_ms=median([r.p99_ms for r in rounds]),
+        requests=sum(r.requests for r in rounds),
+        seconds=sum(r.seconds for r in rounds),
+        errors="; ".join(dict.fromkeys(r.errors for r in rounds if r.errors)),
+        cpu_cores=mean([r.cpu_cores for r in rounds]),
+        wrk_cores=mean([r.wrk_cores for r in rounds]),
+        other_cores=mean([r.other_cores for r in rounds]),
+        requests_per_op=rounds[0].requests_per_op,
+        rounds_rps=[r.rps for r in rounds],
+    )
+
+
 def sequential(call: Callable[[], object], *, samples: int, warmup: int, client: str) -> Latency:
     """`samples` timed calls one after another after `warmup` untimed ones; p50/p99 in milliseconds."""
     for _ in range(warmup):

@@ -99,6 +99,7 @@ class Load:
     wrk_cores: float = 0.0  # and wrk
     other_cores: float = 0.0  # and everything else on the machine (should be near 0)
     requests_per_op: int = 1  # wrk requests that make one operation (the pages of a list)
+    rounds_rps: list[float] = field(default_factory=list)  # each round's requests/s, when combined from rounds
 
     @property
     def ops(self) -> float:

@@ -176,7 +176,9 @@ def markdown(run: Run) -> str:
         )
         + ". Every number below comes from this one run on this machine. Load: "
         f"`wrk -t{s.threads} -c{s.connections} -d{s.seconds}s --latency` after {s.warmup} s of warm-up, over HTTPS "
-        "(TLS 1.3, HTTP/1.1 keep-alive), the two systems alternating per operation. Sequential latency: "
+        f"(TLS 1.3, HTTP/1.1 keep-alive), {s.rounds} round(s) per operation and system, the two systems alternating "
+        "round by round (so that the machine's drift falls on both alike): ops/s and CPU are the means of the rounds, "
+        "p50/p99 the medians of the rounds' percentiles. Sequential latency: "
         f"{s.samples} calls one after another ({s.list_samples} for the list) from one client with one keep-alive "
         "connection (httpx), and for Coffer also through the Azure SDK (`azure-keyvault-secrets`/`-keys`, "
         "`ClientSecretCredential` against Coffer's token endpoint). wrk and the servers share the machine's cores.",
@@ -309,7 +311,12 @@ def _ratio_table(run: Run) -> list[str]:
                 return "–"
             return f"{value:.0%}" if pct else f"{value:.2f}"
 
-        lines.append(f"| {_t(run, op)} | {fmt(r_ops)} | {fmt(r_p99)} | {fmt(r_seq)} | {fmt(r_lim, pct=True)} | {how} |")
+        ops_cell = fmt(r_ops)
+        if r_ops is not None and b and b.load and len(c.load.rounds_rps) > 1:
+            per_op = c.load.requests_per_op / b.load.requests_per_op  # a Coffer list is 40 requests
+            each = [x / y / per_op for x, y in zip(c.load.rounds_rps, b.load.rounds_rps, strict=False) if y]
+            ops_cell += f" (rounds {', '.join(f'{x:.2f}' for x in each)})"
+        lines.append(f"| {_t(run, op)} | {ops_cell} | {fmt(r_p99)} | {fmt(r_seq)} | {fmt(r_lim, pct=True)} | {how} |")
     return [*lines, ""]
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from bench.compare import clients, limits, procs, profile, report
 from bench.compare.clients import httpx_call
 from bench.compare.coffer_side import CofferSide
-from bench.compare.load import lua_script, sequential, wrk
+from bench.compare.load import combine, lua_script, sequential, wrk
 from bench.compare.model import (
     GET_NAME,
     GET_VALUE,
@@ -46,7 +46,8 @@ SMOKE_OPERATIONS = [SECRET_GET, LIST, "secret-set", "rsa2048-sign"]
 
 @dataclass
 class Settings:
-    seconds: int
+    seconds: int  # of measured load per round
+    rounds: int  # per operation and system, the systems alternating
     warmup: int
     connections: int
     threads: int
@@ -200,7 +201,8 @@ class Harness:
             time.sleep(1)
             idle = _rss(server.pid)
             request = Request("GET", ["/secrets/hello?api-version=7.5"])
-            load = self._load("hello", "hello", f"https://127.0.0.1:{port}", request, server.pid)
+            seconds = self.s.seconds * self.s.rounds  # as long as one system's load of one operation
+            load = self._load("hello", "hello", f"https://127.0.0.1:{port}", request, server.pid, seconds=seconds)
             self.run.hello = Measurement("hello", "hello", load, note=f"bench/stack/apps.py raw on {stack}")
             self.run.rss["hello"] = {**idle, "after_load_kib": procs.tree_rss_kib(server.pid)[0]}
         finally:
@@ -249,7 +251,8 @@ class Harness:
         bao_requests = clients.openbao_requests(self.bao, self.workload) if self.bao else {}
         self.run.log(
             f"load: wrk -t{self.s.threads} -c{self.s.connections} -d{self.s.seconds}s after {self.s.warmup} s "
-            f"warm-up, systems alternating; then sequential calls, {self.s.samples} per operation "
+            f"warm-up, {self.s.rounds} round(s) per operation, systems alternating; then sequential calls, "
+            f"{self.s.samples} per operation "
             f"({self.s.list_samples} for the list)"
         )
         sdk, close_sdk = clients.sdk_calls(self.coffer, self.workload)
@@ -260,11 +263,18 @@ class Harness:
             for op in self.s.operations:
                 per_op = len(pages) if op == LIST else 1
                 m = Measurement("coffer", op)
-                m.load = self._load("coffer", op, self.coffer.vault_url, coffer_requests[op], self.coffer.pid(), per_op)
+                b = Measurement("openbao", op)
+                coffer_rounds, bao_rounds = [], []
+                for _ in range(self.s.rounds):
+                    coffer_rounds.append(
+                        self._load("coffer", op, self.coffer.vault_url, coffer_requests[op], self.coffer.pid(), per_op)
+                    )
+                    if self.bao:
+                        bao_rounds.append(self._load("openbao", op, self.bao.addr, bao_requests[op], self.bao.pid()))
+                m.load = combine(coffer_rounds)
                 self.run.measurements.append(m)
                 if self.bao:
-                    b = Measurement("openbao", op)
-                    b.load = self._load("openbao", op, self.bao.addr, bao_requests[op], self.bao.pid())
+                    b.load = combine(bao_rounds)
                     self.run.measurements.append(b)
                 samples = self.s.list_samples if op == LIST else self.s.samples
                 warm = max(2, samples // 10)
@@ -525,6 +535,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.smoke:
         return Settings(
             seconds=1,
+            rounds=2,
             warmup=0,
             connections=args.connections,
             threads=args.threads,
@@ -544,6 +555,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         )
     return Settings(
         seconds=args.seconds,
+        rounds=args.rounds,
         warmup=args.warmup,
         connections=args.connections,
         threads=args.threads,
@@ -591,7 +603,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="bench/compare/run.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--seconds", type=int, default=10, help="seconds of measured wrk load per operation and system")
+    p.add_argument("--seconds", type=int, default=5, help="seconds of measured wrk load per round")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of load per operation and system, Coffer and OpenBao alternating (the VM's drift falls on both)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each measurement")
     p.add_argument("--connections", type=int, default=16, help="wrk -c: concurrent connections")
     p.add_argument("--threads", type=int, default=2, help="wrk -t")
