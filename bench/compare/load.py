@@ -128,13 +128,7 @@ def combine(rounds: list[Load]) -> Load:
     percentiles the median of the rounds' percentiles."""
     if len(rounds) == 1:
         return rounds[0]
-
-    def median(values: list[float]) -> float:
-        return statistics.median(values)
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
+    mean, median = statistics.fmean, statistics.median
     return Load(
         rps=mean([r.rps for r in rounds]),
         p50_ms=median([r.p50_ms for r in rounds]),

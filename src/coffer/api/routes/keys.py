@@ -171,8 +171,8 @@ def _optional_b64(body: dict[str, Any], field: str) -> bytes | None:
 
 
 _PRIVATE_OPS = {"sign", "decrypt", "unwrapKey"}
-# RSA keys up to this size do their private-key operations on the event loop: an RSA-2048 signature (0.4 ms of
-# OpenSSL) cost a 2-worker server 10-25 % of its throughput more when handed to a thread and back (docs/benchmarks.md)
+# RSA keys up to this size do their private-key operations on the event loop: handing an RSA-2048 signature (0.4 ms
+# of OpenSSL) to a thread and back cost a 2-worker server 9-27 % of its throughput (docs/benchmarks.md, step 11)
 _RSA_BITS_ON_LOOP = 2048
 
 
