@@ -29,7 +29,7 @@ CRYPTO_TITLES = {
 }
 
 
-def _operations() -> dict[str, Callable[[], object]]:
+def operations() -> dict[str, Callable[[], object]]:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ec_key = ec.generate_private_key(ec.SECP256R1())
     rsa_public = rsa_key.public_key()
@@ -96,11 +96,16 @@ def _best_rate(fn: Callable[[], object], seconds: float, threads: int, trials: i
     return max(_rate(fn, seconds / trials, threads) for _ in range(trials))
 
 
+def per_core_rate(fn: Callable[[], object], seconds: float) -> float:
+    """One thread's rate (the best of three trials in `seconds`)."""
+    return _best_rate(fn, seconds, 1)
+
+
 def crypto_limits(seconds: float) -> dict[str, dict[str, float]]:
     """{op: {"per_core": ops/s with 1 thread, "all_cores": ops/s with one thread per core}}."""
     cores = os.cpu_count() or 1
     result = {}
-    for op, fn in _operations().items():
+    for op, fn in operations().items():
         per_core = _best_rate(fn, seconds, 1)
         all_cores = _best_rate(fn, seconds, cores) if cores > 1 else per_core
         result[op] = {"per_core": per_core, "all_cores": all_cores, "cores": float(cores)}

@@ -124,6 +124,8 @@ class Measurement:
     load: Load | None = None
     latency: list[Latency] = field(default_factory=list)
     note: str = ""
+    # Coffer's crypto operations: the in-process OpenSSL rate per core, measured right after each round of load
+    limit_per_core: list[float] = field(default_factory=list)
 
     def latency_of(self, client: str) -> Latency | None:
         return next((lat for lat in self.latency if lat.client == client), None)

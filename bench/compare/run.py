@@ -257,6 +257,7 @@ class Harness:
         )
         sdk, close_sdk = clients.sdk_calls(self.coffer, self.workload)
         self._check_sdk(sdk)
+        crypto = {op: fn for op, fn in limits.operations().items() if op in self.s.operations}
         coffer_http = clients.one_connection(self.coffer.ssl_context())
         bao_http = clients.one_connection(self.bao.ssl_context()) if self.bao else None
         try:
@@ -269,6 +270,8 @@ class Harness:
                     coffer_rounds.append(
                         self._load("coffer", op, self.coffer.vault_url, coffer_requests[op], self.coffer.pid(), per_op)
                     )
+                    if op in crypto:  # the limit at the same moment: the VM's speed drifts
+                        m.limit_per_core.append(limits.per_core_rate(crypto[op], self.s.crypto_seconds))
                     if self.bao:
                         bao_rounds.append(self._load("openbao", op, self.bao.addr, bao_requests[op], self.bao.pid()))
                 m.load = combine(coffer_rounds)
