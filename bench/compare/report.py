@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import TYPE_CHECKING, Any
 
 from bench.compare import limits as limits_module
@@ -56,11 +57,11 @@ def _lat(lat: Latency | None) -> str:
 def _openssl_per_core(run: Run, op: str) -> tuple[float | None, str]:
     """The in-process OpenSSL rate per core that Coffer's rate of a crypto operation is compared with: the mean of
     the rates measured right after each of Coffer's rounds (the VM's speed drifts), else the one at the start."""
-    coffer = _find(run, "coffer", op)
     if op not in CRYPTO_OPS:
         return None, ""
+    coffer = _find(run, "coffer", op)
     if coffer and coffer.limit_per_core:
-        return sum(coffer.limit_per_core) / len(coffer.limit_per_core), "measured after each round"
+        return statistics.fmean(coffer.limit_per_core), "measured after each round"
     if op in run.crypto:
         return run.crypto[op]["per_core"], "measured at the start"
     return None, ""
