@@ -625,6 +625,39 @@ def test_rotation_policy(key_client: KeyClient, dev_server: DevServer) -> None:
     not_found(lambda: key_client.get_key_rotation_policy(unique("nopol")))
 
 
+def test_rotation_policy_takes_iso_8601_times_and_keeps_key_vaults_limits(key_client: KeyClient) -> None:
+    """Durations as Key Vault's docs write them (P3M, P2W, PT48H, P1DT12H); a rotation no sooner than 7 days after
+    creation nor later than 7 days before expiry, expiryTime at least 28 days, timeAfterCreate for Rotate only, one
+    action of each type."""
+    name = key_client.create_ec_key(unique("poltime")).name
+    rotate, notify = KeyRotationPolicyAction.rotate, KeyRotationPolicyAction.notify
+    policy = key_client.update_key_rotation_policy(name, KeyRotationPolicy(), expires_in="PT720H", lifetime_actions=[
+        KeyRotationLifetimeAction(rotate, time_after_create="P2W"),
+        KeyRotationLifetimeAction(notify, time_before_expiry="P7DT12H")])
+    assert policy.expires_in == "PT720H"
+    assert sorted((a.action, a.time_after_create, a.time_before_expiry) for a in policy.lifetime_actions) == [
+        (notify, None, "P7DT12H"), (rotate, "P2W", None)]
+    rotated = key_client.rotate_key(name)
+    assert rotated.properties.expires_on - rotated.properties.created_on == dt.timedelta(hours=720)
+
+    def refused(expires_in: str | None, *actions: KeyRotationLifetimeAction) -> None:
+        bad(lambda: key_client.update_key_rotation_policy(
+            name, KeyRotationPolicy(), expires_in=expires_in, lifetime_actions=list(actions)))
+
+    refused(None, KeyRotationLifetimeAction(rotate, time_after_create="PT48H"))  # under 7 days
+    refused("P27D")  # expiryTime under 28 days
+    refused("P30D", KeyRotationLifetimeAction(rotate, time_after_create="P25D"))  # 5 days before expiry
+    refused("P90D", KeyRotationLifetimeAction(rotate, time_before_expiry="P85D"))  # 5 days after creation
+    refused(None, KeyRotationLifetimeAction(rotate, time_before_expiry="P30D"))  # before expiry of no expiryTime
+    refused(None, KeyRotationLifetimeAction(notify, time_after_create="P30D"))  # timeAfterCreate is Rotate's
+    refused(None, KeyRotationLifetimeAction(rotate, time_after_create="P30D"),
+            KeyRotationLifetimeAction(rotate, time_after_create="P60D"))  # two Rotate actions
+    for malformed in ("PT", "P1H", "PT1D", "P-1D", "48H"):
+        refused(None, KeyRotationLifetimeAction(rotate, time_after_create=malformed))
+    # what was refused changed nothing
+    assert key_client.get_key_rotation_policy(name).expires_in == "PT720H"
+
+
 # --- random bytes ------------------------------------------------------------------------------------
 
 def test_get_random_bytes(key_client: KeyClient) -> None:

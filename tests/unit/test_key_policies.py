@@ -6,10 +6,12 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from coffer.app import Coffer
 from coffer.barrier import VaultView
 from coffer.config import Config
+from coffer.errors import BadParameter
 from coffer.objects import key
 
 
@@ -63,3 +65,26 @@ def test_notify_is_recorded_once_per_version(tmp_path: Path) -> None:
         assert _versions(coffer, "expiring") == 1
     finally:
         coffer.close()
+
+
+@pytest.mark.parametrize(("duration", "seconds"), [
+    ("P90D", 90 * 86400), ("P2W", 14 * 86400), ("PT48H", 48 * 3600), ("P1DT12H", 36 * 3600),
+    ("PT90M", 90 * 60), ("PT30S", 30), ("P1W2DT3H4M5S", 9 * 86400 + 3 * 3600 + 4 * 60 + 5),
+])
+def test_durations_in_days_weeks_and_hours(duration: str, seconds: int) -> None:
+    start = 1_700_000_000
+    assert key._add_duration(start, duration) == start + seconds
+
+
+def test_durations_in_months_and_years_follow_the_calendar() -> None:
+    jan31 = 1_706_659_200  # 2024-01-31T00:00:00Z
+    assert key._add_duration(jan31, "P1Y") == 1_738_281_600  # 2025-01-31
+    assert key._add_duration(jan31, "P1M") == 1_709_164_800  # 2024-02-29: the last day of a shorter month
+    jan15 = 1_705_276_800  # 2024-01-15T00:00:00Z
+    assert key._add_duration(jan15, "P1MT1H") == 1_707_958_800  # 2024-02-15T01:00:00Z
+
+
+@pytest.mark.parametrize("duration", ["P", "PT", "P1H", "PT1D", "P-1D", "P1.5D", "48H", "p90d", "P90D ", "PT1H1D"])
+def test_malformed_durations_are_bad_parameters(duration: str) -> None:
+    with pytest.raises(BadParameter):
+        key._add_duration(1_700_000_000, duration)

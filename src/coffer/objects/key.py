@@ -7,6 +7,7 @@ storage holds only a reference. Every operation goes through a crypto.keys.KeyBa
 from __future__ import annotations
 
 import base64
+import calendar
 import re
 import secrets
 from collections.abc import Callable
@@ -31,7 +32,8 @@ DEFAULT_OPS = {
 # Operations still allowed outside a key's nbf/exp window (Key Vault's rule).
 _ALLOWED_OUTSIDE_DATES = frozenset({"decrypt", "unwrapKey", "verify"})
 _PUBLIC_OPERATIONS = frozenset({"encrypt", "verify", "wrapKey"})  # with an RSA or EC key: its public members suffice
-_DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?$")
+# An ISO 8601 duration as Key Vault's rotation policies take them: P90D, P3M, P1Y10D, P2W, PT48H, P1DT12H.
+_DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
 
 @dataclass
@@ -362,19 +364,52 @@ _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second a date ca
 def _add_duration(start: int, duration: str) -> int:
     match = _DURATION.match(duration)
     if not match or not any(match.groups()):
-        raise BadParameter(f"Invalid ISO 8601 duration {duration[:32]!r}: use PnYnMnD, e.g. P90D.")
-    years, months, days = (int(g or 0) for g in match.groups())
+        raise BadParameter(f"Invalid ISO 8601 duration {duration[:32]!r}: use PnYnMnD or PTnH, e.g. P90D.")
+    years, months, weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     moment = datetime.fromtimestamp(start, UTC)
     month_index = moment.month - 1 + months + 12 * years
     year, month = moment.year + month_index // 12, month_index % 12 + 1
-    day = min(moment.day, 28) if (year, month) != (moment.year, moment.month) else moment.day
+    day = min(moment.day, calendar.monthrange(year, month)[1])  # Jan 31 + P1M: the last day of February
     try:
-        end = int(moment.replace(year=year, month=month, day=day).timestamp()) + days * 86400
+        end = int(moment.replace(year=year, month=month, day=day).timestamp())
+        end += (weeks * 7 + days) * 86400 + hours * 3600 + minutes * 60 + seconds
     except (ValueError, OverflowError):  # past year 9999
         end = _MAX_TIMESTAMP + 1
     if end > _MAX_TIMESTAMP:
         raise BadParameter(f"Invalid ISO 8601 duration {duration[:32]!r}: the time it gives is out of range.")
     return end
+
+
+# Key Vault's limits on a rotation policy (docs: how-to-configure-key-rotation; the expiryTime model doc).
+_MIN_TRIGGER_SECONDS = 7 * 86400  # a rotation no sooner than 7 days after creation, nor later than 7 before expiry
+_MIN_EXPIRY_SECONDS = 28 * 86400
+
+
+def _check_policy(actions: list[dict[str, Any]], expiry: str | None, stamp: int) -> None:
+    """Key Vault's rules for a policy whose members are well formed (durations measured from `stamp`)."""
+    kinds = [action["action"]["type"] for action in actions]
+    if kinds.count("Rotate") > 1 or kinds.count("Notify") > 1:
+        raise BadParameter("A rotation policy can have at most one Rotate and one Notify lifetime action.")
+    expires_after = None
+    if expiry is not None:
+        expires_after = _add_duration(stamp, expiry) - stamp
+        if expires_after < _MIN_EXPIRY_SECONDS:
+            raise BadParameter(f"The rotation policy's expiryTime {expiry[:32]!r} must be at least 28 days.")
+    for action in actions:
+        (member, duration), = action["trigger"].items()
+        kind = action["action"]["type"]
+        if member == "timeAfterCreate" and kind != "Rotate":
+            raise BadParameter("The timeAfterCreate trigger is allowed only for a Rotate lifetime action.")
+        if member == "timeBeforeExpiry" and kind == "Rotate" and expires_after is None:
+            raise BadParameter("A Rotate action triggered by timeBeforeExpiry needs the policy's expiryTime.")
+        length = _add_duration(stamp, duration) - stamp
+        if length < _MIN_TRIGGER_SECONDS:
+            raise BadParameter(f"The lifetime action's {member} {duration[:32]!r} must be at least 7 days.")
+        if kind == "Rotate" and expires_after is not None and length > expires_after - _MIN_TRIGGER_SECONDS:
+            raise BadParameter(
+                f"The lifetime action's {member} {duration[:32]!r} must leave at least 7 days before the expiryTime "
+                f"{str(expiry)[:32]!r}."
+            )
 
 
 def get_policy(view: VaultView, name: str) -> dict[str, Any]:
@@ -405,11 +440,9 @@ def set_policy(view: VaultView, name: str, body: dict[str, Any]) -> dict[str, An
         kind = str(what.get("type", ""))
         if kind.lower() not in ("rotate", "notify"):
             raise BadParameter("A lifetime action's type must be Rotate or Notify.")
-        triggers = {k: v for k, v in trigger.items() if k in ("timeAfterCreate", "timeBeforeExpiry") and v}
+        triggers = {k: str(v) for k, v in trigger.items() if k in ("timeAfterCreate", "timeBeforeExpiry") and v}
         if len(triggers) != 1:
             raise BadParameter("A lifetime action needs exactly one trigger: timeAfterCreate or timeBeforeExpiry.")
-        for value in triggers.values():
-            _add_duration(now(), str(value))  # from now, as the scheduler will (0 would let P7990Y through)
         clean_actions.append(
             {"trigger": triggers, "action": {"type": "Rotate" if kind.lower() == "rotate" else "Notify"}}
         )
@@ -418,8 +451,8 @@ def set_policy(view: VaultView, name: str, body: dict[str, Any]) -> dict[str, An
         raise BadParameter("The rotation policy's attributes must be an object.")
     expiry = attributes.get("expiryTime")
     stamp = now()
-    if expiry is not None:
-        _add_duration(stamp, str(expiry))
+    # durations are measured from now, as the scheduler will apply them (from 0, P7990Y would pass)
+    _check_policy(clean_actions, None if expiry is None else str(expiry), stamp)
     previous = obj.data.get("rotationPolicy") or {}
     created = (previous.get("attributes") or {}).get("created", stamp)
     policy = {
