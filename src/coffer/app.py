@@ -8,7 +8,8 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,28 @@ from coffer.identity.external import JwksCache
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
 from coffer.objects import certificate, key, vault
-from coffer.storage import RoleAssignmentRow, Storage, Transaction
+from coffer.storage import ObjectRow, RoleAssignmentRow, Storage, StorageError, Transaction
 from coffer.storage.base import ACCESS, IDENTITY, META, VAULT
 from coffer.storage.postgres import PostgresStorage
 from coffer.storage.sqlite import SqliteStorage
 
 log = logging.getLogger("coffer")
+
+
+@contextmanager
+def _one_object_of_a_job(tx: Transaction, what: str, where: str) -> Iterator[None]:
+    """One object's part of a background job's transaction, in a savepoint: if it fails, its writes are undone and
+    logged, and the job goes on with the next object. A storage error ends the whole job (the transaction may be
+    broken)."""
+    try:
+        with tx.savepoint():
+            yield
+    except StorageError:
+        raise
+    except CofferError as error:  # messages of Coffer's errors name no secret
+        log.warning("%s %s failed: %s", what, where, error)
+    except Exception as error:
+        log.warning("%s %s failed (%s)", what, where, type(error).__name__)
 
 _SIGNING_KEYS = "token-signing-keys"
 _LEGACY_SIGNING_KEY = "token-signing-key"
@@ -497,7 +514,8 @@ class Coffer:
 
     def run_key_policies(self, at: int) -> int:
         """Carry out due rotation-policy lifetime actions: Rotate makes a new version; Notify is recorded once per
-        version (the events issue delivers it). Returns how many actions ran."""
+        version (the events issue delivers it). Each key in a savepoint: one that fails (the HSM away, ...) leaves
+        nothing half-written and the others go on. Returns how many actions ran."""
         if self.barrier.sealed:
             return 0
         done = 0
@@ -510,21 +528,25 @@ class Coffer:
                     for obj in page:
                         if not obj.data.get("rotationPolicy") or obj.latest is None:
                             continue
-                        current = key.get(view, obj.name, None)
-                        action = key.due_action(current, at)
-                        kid = f"{self.vault_url(vault_row.name)}/keys/{obj.name}/{current.row.version}"
-                        if action == "Rotate":
-                            key.rotate(view, self.key_backends, obj.name)
-                            self._audit_job("KeyRotateIfDue", vault_row.name, kid, "rotation policy")
-                            done += 1
-                        elif action == "Notify" and obj.data.get("notified") != current.row.version:
-                            obj.data = {**obj.data, "notified": current.row.version}
-                            view.object_put(obj)
-                            self._audit_job(
-                                "KeyNearExpiryEventGridNotification", vault_row.name, kid, "rotation policy"
-                            )
-                            done += 1
+                        where = f"{self.vault_url(vault_row.name)}/keys/{obj.name}"
+                        with _one_object_of_a_job(tx, "rotation policy of key", where):
+                            done += self._key_policy_action(view, obj, at)
         return done
+
+    def _key_policy_action(self, view: VaultView, obj: ObjectRow, at: int) -> int:
+        current = key.get(view, obj.name, None)
+        action = key.due_action(current, at)
+        kid = f"{self.vault_url(view.name)}/keys/{obj.name}/{current.row.version}"
+        if action == "Rotate":
+            key.rotate(view, self.key_backends, obj.name)
+            self._audit_job("KeyRotateIfDue", view.name, kid, "rotation policy")
+            return 1
+        if action == "Notify" and obj.data.get("notified") != current.row.version:
+            obj.data = {**obj.data, "notified": current.row.version}
+            view.object_put(obj)
+            self._audit_job("KeyNearExpiryEventGridNotification", view.name, kid, "rotation policy")
+            return 1
+        return 0
 
     def run_certificate_policies(self, at: int) -> int:
         """Carry out due certificate-policy lifetime actions: AutoRenew issues a new version with the same policy
@@ -562,20 +584,16 @@ class Coffer:
                             and (obj.data.get("renewal") or {}).get("from") != version
                             and pending.get("status") != "inProgress"
                         ):
-                            try:
+                            # e.g. the internal CA was removed, the HSM is away: retry next run, the others go on
+                            with _one_object_of_a_job(tx, "auto-renew of certificate", cid):
                                 issued = certificate.renew(view, self.key_backends, obj.name, vault_url=vault_url)
-                            except CofferError as error:  # e.g. the internal CA was removed: retry next run
-                                log.warning("auto-renew of certificate %s failed: %s", cid, error)
-                                continue
-                            except Exception as error:  # e.g. the HSM is unreachable: the others still renew
-                                log.warning("auto-renew of certificate %s failed (%s)", cid, type(error).__name__)
-                                continue
-                            renewed = view.object_get(certificate.KIND, obj.name) or obj  # create rewrote it
-                            renewal = {"from": version, "version": issued.row.version if issued else None, "at": at}
-                            renewed.data = {**renewed.data, "renewal": renewal}
-                            view.object_put(renewed)
-                            self._audit_job("CertificateAutoRenew", vault_row.name, cid, "lifetime action")
-                            done += 1
+                                renewed = view.object_get(certificate.KIND, obj.name) or obj  # create rewrote it
+                                renewal = {"from": version, "version": issued.row.version if issued else None,
+                                           "at": at}
+                                renewed.data = {**renewed.data, "renewal": renewal}
+                                view.object_put(renewed)
+                                self._audit_job("CertificateAutoRenew", vault_row.name, cid, "lifetime action")
+                                done += 1
         return done
 
     def _audit_job(

@@ -146,3 +146,32 @@ def test_internal_ca_issuer_renews_with_chain(coffer: Coffer) -> None:
     for version in _versions(coffer, "leaf"):
         cert = x509.load_der_x509_certificate(base64.b64decode(version.cer))
         cert.verify_directly_issued_by(ca)
+
+
+def test_a_renewal_that_fails_half_way_leaves_nothing_and_the_others_renew(
+    coffer: Coffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first renewal fails after its new version was written (its audit record could not be written): that
+    version is undone, and the next certificate still renews in the same run."""
+    for name in ("first", "second"):
+        _create(coffer, name, "Self", _renew({"lifetime_percentage": 80}))
+    audit_job = Coffer._audit_job
+    failed: list[str] = []
+
+    def failing_once(self: Coffer, operation: str, vault_name: str, object_id: str, reason: str, **kw: str) -> None:
+        if operation == "CertificateAutoRenew" and not failed:
+            failed.append(object_id)
+            raise OSError("audit device gone")
+        audit_job(self, operation, vault_name, object_id, reason, **kw)
+
+    monkeypatch.setattr(Coffer, "_audit_job", failing_once)
+    due = int(time.time()) + 300 * DAY
+    assert coffer.run_certificate_policies(due) == 1
+    assert "/certificates/first/" in failed[0]
+    assert [len(_versions(coffer, name)) for name in ("first", "second")] == [1, 2]
+    with coffer.storage.read() as tx:  # the key and secret of the undone version are gone with it
+        view = VaultView(tx, coffer.barrier, tx.vault_get("dev"))  # type: ignore[arg-type]
+        assert len(view.version_list("key", "first", after_seq=None, limit=10)) == 1
+        assert len(view.version_list("secret", "first", after_seq=None, limit=10)) == 1
+    assert coffer.run_certificate_policies(due) == 1  # the next run renews it
+    assert [len(_versions(coffer, name)) for name in ("first", "second")] == [2, 2]

@@ -88,3 +88,37 @@ def test_durations_in_months_and_years_follow_the_calendar() -> None:
 def test_malformed_durations_are_bad_parameters(duration: str) -> None:
     with pytest.raises(BadParameter):
         key._add_duration(1_700_000_000, duration)
+
+
+def test_a_rotation_that_fails_half_way_leaves_nothing_and_the_others_rotate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first key's rotation fails after its new version was written (its audit record could not be written):
+    that version is undone, and the next key still rotates in the same run."""
+    coffer = _coffer(tmp_path)
+    try:
+        with coffer.storage.write() as tx:
+            view = VaultView(tx, coffer.barrier, tx.vault_get("dev"))  # type: ignore[arg-type]
+            for name in ("first", "second"):
+                key.create(view, coffer.key_backends, name, {"kty": "EC", "crv": "P-256"})
+                key.set_policy(view, name, {"lifetimeActions": [
+                    {"trigger": {"timeAfterCreate": "P30D"}, "action": {"type": "Rotate"}}]})
+        audit_job = Coffer._audit_job
+        failed: list[str] = []
+
+        def failing_once(self: Coffer, operation: str, vault_name: str, object_id: str, reason: str,
+                         **kw: str) -> None:
+            if operation == "KeyRotateIfDue" and not failed:
+                failed.append(object_id)
+                raise OSError("audit device gone")
+            audit_job(self, operation, vault_name, object_id, reason, **kw)
+
+        monkeypatch.setattr(Coffer, "_audit_job", failing_once)
+        due = int(time.time()) + 31 * 86400
+        assert coffer.run_key_policies(due) == 1
+        assert "/keys/first/" in failed[0]
+        assert [_versions(coffer, name) for name in ("first", "second")] == [1, 2]
+        coffer.run_key_policies(due)  # the next run rotates it
+        assert _versions(coffer, "first") == 2
+    finally:
+        coffer.close()
