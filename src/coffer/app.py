@@ -41,21 +41,6 @@ from coffer.storage.sqlite import SqliteStorage
 log = logging.getLogger("coffer")
 
 
-@contextmanager
-def _one_object_of_a_job(tx: Transaction, what: str, where: str) -> Iterator[None]:
-    """One object's part of a background job's transaction, in a savepoint: if it fails, its writes are undone and
-    logged, and the job goes on with the next object. A storage error ends the whole job (the transaction may be
-    broken)."""
-    try:
-        with tx.savepoint():
-            yield
-    except StorageError:
-        raise
-    except CofferError as error:  # messages of Coffer's errors name no secret
-        log.warning("%s %s failed: %s", what, where, error)
-    except Exception as error:
-        log.warning("%s %s failed (%s)", what, where, type(error).__name__)
-
 _SIGNING_KEYS = "token-signing-keys"
 _LEGACY_SIGNING_KEY = "token-signing-key"
 _BOOTSTRAP = "bootstrap"
@@ -588,8 +573,7 @@ class Coffer:
                             with _one_object_of_a_job(tx, "auto-renew of certificate", cid):
                                 issued = certificate.renew(view, self.key_backends, obj.name, vault_url=vault_url)
                                 renewed = view.object_get(certificate.KIND, obj.name) or obj  # create rewrote it
-                                renewal = {"from": version, "version": issued.row.version if issued else None,
-                                           "at": at}
+                                renewal = {"from": version, "version": issued.row.version if issued else None, "at": at}
                                 renewed.data = {**renewed.data, "renewal": renewal}
                                 view.object_put(renewed)
                                 self._audit_job("CertificateAutoRenew", vault_row.name, cid, "lifetime action")
@@ -629,3 +613,19 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 __all__ = ["Coffer", "DevIdentity"]
+
+
+@contextmanager
+def _one_object_of_a_job(tx: Transaction, what: str, where: str) -> Iterator[None]:
+    """One object's part of a background job's transaction, in a savepoint: if it fails, its writes are undone and
+    logged, and the job goes on with the next object. A storage error ends the whole job (the transaction may be
+    broken)."""
+    try:
+        with tx.savepoint():
+            yield
+    except StorageError:
+        raise
+    except CofferError as error:  # messages of Coffer's errors name no secret
+        log.warning("%s %s failed: %s", what, where, error)
+    except Exception as error:
+        log.warning("%s %s failed (%s)", what, where, type(error).__name__)

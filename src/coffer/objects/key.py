@@ -396,7 +396,7 @@ def _check_policy(actions: list[dict[str, Any]], expiry: str | None, stamp: int)
         if expires_after < _MIN_EXPIRY_SECONDS:
             raise BadParameter(f"The rotation policy's expiryTime {expiry[:32]!r} must be at least 28 days.")
     for action in actions:
-        (member, duration), = action["trigger"].items()
+        ((member, duration),) = action["trigger"].items()
         kind = action["action"]["type"]
         if member == "timeAfterCreate" and kind != "Rotate":
             raise BadParameter("The timeAfterCreate trigger is allowed only for a Rotate lifetime action.")
