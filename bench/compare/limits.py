@@ -106,7 +106,7 @@ def crypto_limits(seconds: float) -> dict[str, dict[str, float]]:
     cores = os.cpu_count() or 1
     result = {}
     for op, fn in operations().items():
-        per_core = _best_rate(fn, seconds, 1)
+        per_core = per_core_rate(fn, seconds)
         all_cores = _best_rate(fn, seconds, cores) if cores > 1 else per_core
         result[op] = {"per_core": per_core, "all_cores": all_cores, "cores": float(cores)}
     return result

@@ -515,13 +515,13 @@ class Coffer:
                             continue
                         where = f"{self.vault_url(vault_row.name)}/keys/{obj.name}"
                         with _one_object_of_a_job(tx, "rotation policy of key", where):
-                            done += self._key_policy_action(view, obj, at)
+                            done += self._key_policy_action(view, obj, where, at)
         return done
 
-    def _key_policy_action(self, view: VaultView, obj: ObjectRow, at: int) -> int:
+    def _key_policy_action(self, view: VaultView, obj: ObjectRow, key_url: str, at: int) -> int:
         current = key.get(view, obj.name, None)
         action = key.due_action(current, at)
-        kid = f"{self.vault_url(view.name)}/keys/{obj.name}/{current.row.version}"
+        kid = f"{key_url}/{current.row.version}"
         if action == "Rotate":
             key.rotate(view, self.key_backends, obj.name)
             self._audit_job("KeyRotateIfDue", view.name, kid, "rotation policy")
