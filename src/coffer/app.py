@@ -26,6 +26,7 @@ from coffer.config import Config
 from coffer.core import Pipeline
 from coffer.core.throttle import Limits, RequestThrottle
 from coffer.crypto import pkcs11, signing, tls
+from coffer.crypto.keys import KeyBackendUnavailable, KeyMaterial, KeyOperationError
 from coffer.crypto.software import SoftwareBackend
 from coffer.errors import CofferError
 from coffer.identity import principals
@@ -89,7 +90,9 @@ class Coffer:
         self.hsm_backend = pkcs11.from_config(config)
         self.hsm_seal = HsmSeal(self.storage, self.hsm_backend) if self.hsm_backend is not None else None
         self.software_keys = SoftwareBackend()
-        self.key_backends = key.Backends(software=self.software_keys, hsm=self.hsm_backend)
+        self.key_backends = key.Backends(
+            software=self.software_keys, hsm=self.hsm_backend, destroy_queued=self.destroy_queued_hsm_objects
+        )
         self.api = Api(self)
         self._tenants: dict[str, str] = {}
         self._hosts: dict[str, tuple[str | None, str | None]] = {}  # host_kind, by Host header
@@ -466,6 +469,8 @@ class Coffer:
         done = []
         if purged := self.purge_due(at):
             done.append(f"purged {purged} soft-deleted objects past their retention")
+        if destroyed := self.destroy_queued_hsm_objects():
+            done.append(f"destroyed {destroyed} HSM objects left over from earlier purges")
         if self.rotate_signing_key_if_due(at):
             done.append("rotated the token signing key")
         if actions := self.run_key_policies(at):
@@ -475,6 +480,31 @@ class Coffer:
         return done
 
     # --- background jobs ----------------------------------------------------------------------
+    def destroy_queued_hsm_objects(self, limit: int = 500) -> int:
+        """Destroy the HSM objects that committed transactions dropped (key.HSM_DESTROY_QUEUE) and take them off the
+        queue. Runs after each such commit and in every maintenance run, for what a crash or an unavailable HSM
+        left; destroying is idempotent, so two processes doing it at once is harmless. Returns how many went."""
+        if self.hsm_backend is None:
+            return 0
+        with self.storage.read() as tx:
+            queued = tx.meta_list(key.HSM_DESTROY_QUEUE, limit)
+        destroyed = []
+        for entry, kty in queued:
+            reference = entry.removeprefix(key.HSM_DESTROY_QUEUE).encode("ascii")
+            try:
+                self.hsm_backend.destroy(KeyMaterial(kty=kty.decode("ascii"), private=reference))
+            except KeyBackendUnavailable as error:  # the token is away: the rest waits for the next run
+                log.warning("could not destroy an HSM object of a dropped key (%s); will retry", type(error).__name__)
+                break
+            except KeyOperationError:  # not a reference this token takes: no retry would do better
+                log.warning("dropped an HSM destroy entry that names no token object")
+            destroyed.append(entry)
+        if destroyed:
+            with self.storage.write() as tx:
+                for entry in destroyed:
+                    tx.meta_delete(entry)
+        return len(destroyed)
+
     def purge_due(self, now: int, limit: int = 500) -> int:
         """Purge soft-deleted objects past their scheduledPurgeDate. Returns how many were purged."""
         if self.barrier.sealed:

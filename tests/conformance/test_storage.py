@@ -29,7 +29,7 @@ from coffer.storage import (
     VaultRow,
     VersionRow,
 )
-from coffer.storage.base import TABLES, IssuerRow, TenantRow
+from coffer.storage.base import META, TABLES, IssuerRow, TenantRow
 from coffer.storage.postgres import PostgresStorage
 from coffer.storage.sqlite import SqliteStorage
 
@@ -138,6 +138,76 @@ def test_meta_get_put_overwrite(backend: Storage) -> None:
         assert tx.meta_get("seal-config") == b"two"
         assert tx.meta_get("blob") == binary
         assert tx.meta_get("SEAL-CONFIG") is None  # meta keys are exact
+
+
+def test_meta_list_by_prefix_and_delete(backend: Storage) -> None:
+    with backend.write() as tx:
+        for key in ("queue:b", "queue:a", "queue;x", "queuf", "queue_", "other", "queue:%", "queue:c"):
+            tx.meta_put(key, key.encode(), touch=False)
+    with backend.read() as tx:
+        # exactly the keys starting with the prefix, in key order; LIKE wildcards in the prefix are plain characters
+        assert [k for k, _ in tx.meta_list("queue:", 10)] == ["queue:%", "queue:a", "queue:b", "queue:c"]
+        assert tx.meta_list("queue:", 2) == [("queue:%", b"queue:%"), ("queue:a", b"queue:a")]
+        assert tx.meta_list("queue_", 10) == [("queue_", b"queue_")]
+        assert tx.meta_list("none:", 10) == []
+    with backend.write() as tx:
+        tx.meta_delete("queue:a")
+        tx.meta_delete("queue:absent")  # nothing to delete is not an error
+    with backend.read() as tx:
+        assert [k for k, _ in tx.meta_list("queue:", 10)] == ["queue:%", "queue:b", "queue:c"]
+        assert tx.meta_get("queue:a") is None
+
+
+def test_meta_put_without_touch_is_not_a_change(backend: Storage) -> None:
+    with backend.write() as tx:
+        tx.meta_put("queue:1", b"x", touch=False)
+        assert META not in tx.touched
+        tx.meta_put("signing", b"y")
+        assert META in tx.touched
+
+
+def test_after_commit_callbacks_run_once_committed_and_only_then(backend: Storage) -> None:
+    ran: list[str] = []
+
+    def seen() -> None:  # what a callback sees: the transaction's writes, committed
+        with backend.read() as tx:
+            ran.append((tx.meta_get("cb") or b"").decode())
+
+    with backend.write() as tx:
+        tx.meta_put("cb", b"committed")
+        tx.after_commit(seen)
+        tx.after_commit(seen)  # registered twice, runs once
+        assert ran == []
+    assert ran == ["committed"]
+
+    ran.clear()
+    with pytest.raises(Boom), backend.write() as tx:
+        tx.meta_put("cb", b"rolled back")
+        tx.after_commit(seen)
+        raise Boom()
+    assert ran == []
+
+    # a callback registered in a savepoint that is undone is dropped with it; the others run
+    with backend.write() as tx:
+        tx.after_commit(lambda: ran.append("outer"))
+        with pytest.raises(Boom), tx.savepoint():
+            tx.after_commit(lambda: ran.append("undone"))
+            raise Boom()
+        with tx.savepoint():
+            tx.after_commit(lambda: ran.append("kept"))
+    assert ran == ["outer", "kept"]
+
+    # a failing callback neither undoes the commit nor stops the next one
+    ran.clear()
+
+    def fails() -> None:
+        raise RuntimeError("after the commit")
+
+    with backend.write() as tx:
+        tx.meta_put("cb", b"stands")
+        tx.after_commit(fails)
+        tx.after_commit(seen)
+    assert ran == ["stands"]
 
 
 # --- vaults -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -419,9 +420,9 @@ def _pending_material(view: VaultView, obj: ObjectRow, pending: dict[str, Any]) 
 def _release_pending_key(view: VaultView, backends: keys.Backends, obj: ObjectRow, pending: dict[str, Any]) -> None:
     """A pending operation that will never be merged: its HSM key leaves the token (unless it is a reused key, which
     a version still holds). A software key is forgotten with the operation."""
-    if not pending.get("key") or not pending.get("hsm") or pending.get("reused") or backends.hsm is None:
+    if not pending.get("key") or not pending.get("hsm") or pending.get("reused"):
         return
-    _destroy_quietly(backends.hsm, _pending_material(view, obj, pending))
+    backends.destroy_after_commit(view.tx, _pending_material(view, obj, pending))
 
 
 def release_hsm_objects(view: VaultView, backends: keys.Backends, obj: ObjectRow) -> None:
@@ -642,6 +643,28 @@ def purge(view: VaultView, backends: keys.Backends, name: str) -> None:
             keys.destroy_versions(view, backends, companion)
         view.object_purge(companion.kind, companion.name)
     view.object_purge(KIND, obj.name)
+
+
+def release_vault_hsm_objects(view: VaultView, backends: keys.Backends) -> None:
+    """Before a vault is deleted: every HSM object it holds (its keys' versions, live or deleted, the keys of
+    unmerged pending operations, its internal CAs' keys) leaves the token once the deletion has committed."""
+
+    def retire_ca(obj: ObjectRow) -> None:
+        for generation in obj.data["generations"]:
+            _retire(view, backends, obj, generation)
+
+    releases: dict[str, Callable[[ObjectRow], None]] = {
+        keys.KIND: lambda obj: keys.destroy_versions(view, backends, obj),
+        KIND: lambda obj: release_hsm_objects(view, backends, obj),
+        CA_KIND: retire_ca,
+    }
+    for kind, release in releases.items():
+        for deleted in (False, True):
+            after = None
+            while batch := view.object_list(kind, deleted=deleted, after=after, limit=100):
+                for obj in batch:
+                    release(obj)
+                after = batch[-1].name.lower()
 
 
 def list_latest(view: VaultView, *, deleted: bool, after: str | None, limit: int) -> list[Certificate]:
@@ -955,15 +978,15 @@ def _destroy_generation_quietly(
 
 
 def _retire(view: VaultView, backends: keys.Backends, ca: ObjectRow, generation: dict[str, Any]) -> dict[str, Any]:
-    """A generation that signs no more: its key goes (out of the HSM too); its certificate stays, so that chains
-    issued under it still verify."""
+    """A generation that signs no more: its key goes (out of the HSM too, once the transaction has committed); its
+    certificate stays, so that chains issued under it still verify."""
     if generation.get("intermediate"):
         generation = {**generation, "intermediate": _retire(view, backends, ca, generation["intermediate"])}
     if not generation.get("key"):
         return generation
     material = _ca_material(view, ca, generation)
     if material.kty in HSM_TYPES:
-        backends.for_type(material.kty).destroy(material)
+        backends.destroy_after_commit(view.tx, material)
     retired = {k: v for k, v in generation.items() if k != "key"}
     retired["retired"] = now()
     return retired

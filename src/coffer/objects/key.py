@@ -20,7 +20,7 @@ from coffer.clock import now
 from coffer.crypto.keys import HSM_TYPES, SOFTWARE_TYPES, KeyBackend, KeyMaterial, KeyOperationError
 from coffer.errors import BadParameter, Forbidden
 from coffer.objects import lifecycle, rules
-from coffer.storage import ObjectRow, VersionRow
+from coffer.storage import ObjectRow, Transaction, VersionRow
 
 KIND = "key"
 KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey", "import", "export")
@@ -36,10 +36,25 @@ _PUBLIC_OPERATIONS = frozenset({"encrypt", "verify", "wrapKey"})  # with an RSA 
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
 
+# HSM objects of keys that a transaction drops (purged keys, retired CA keys, released pending keys) are destroyed
+# only once it has committed: a commit that failed after a destroy would leave a key that works nowhere. Until then
+# they wait in `meta` under this prefix (followed by the token reference, an object id and not key material), in the
+# same transaction; `Backends.destroy_queued` destroys them after the commit, and the maintenance job what is left
+# (after a crash, or while the HSM was away).
+HSM_DESTROY_QUEUE = "hsm-destroy:"
+
+
 @dataclass
 class Backends:
     software: KeyBackend
     hsm: KeyBackend | None = None
+    destroy_queued: Callable[[], object] | None = None  # Coffer.destroy_queued_hsm_objects
+
+    def destroy_after_commit(self, tx: Transaction, material: KeyMaterial) -> None:
+        """Queue the HSM object of a key that `tx` drops, to be destroyed once `tx` has committed."""
+        tx.meta_put(HSM_DESTROY_QUEUE + material.private.decode("ascii"), material.kty.encode(), touch=False)
+        if self.destroy_queued is not None:
+            tx.after_commit(self.destroy_queued)
 
     def for_type(self, kty: str) -> KeyBackend:
         if kty in HSM_TYPES:
@@ -263,15 +278,15 @@ def purge(view: VaultView, backends: Backends, name: str) -> None:
 
 
 def destroy_versions(view: VaultView, backends: Backends, obj: ObjectRow) -> None:
-    """HSM objects are deleted from the token; software keys vanish with their rows."""
+    """HSM objects leave the token once the transaction has committed; software keys vanish with their rows."""
     after = None
     while True:
         rows = view.version_list(KIND, obj.name, after_seq=after, limit=100)
         if not rows:
             return
         for row in rows:
-            if row.extra.get("hsm") and backends.hsm is not None:
-                backends.hsm.destroy(_material(view, row))
+            if row.extra.get("hsm"):
+                backends.destroy_after_commit(view.tx, _material(view, row))
         after = rows[-1].seq
 
 

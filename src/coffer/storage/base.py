@@ -8,12 +8,15 @@ One conformance suite (tests/conformance/test_storage.py) checks every backend.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("coffer.storage")
 
 
 class StorageError(Exception):
@@ -151,9 +154,26 @@ class Transaction(ABC):
 
     def __init__(self) -> None:
         self.touched: set[str] = set()
+        self.committed_callbacks: list[Callable[[], object]] = []
 
     def touch(self, topic: str) -> None:
         self.touched.add(topic)
+
+    def after_commit(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once this write transaction has committed, after it (and outside its lock), in the thread
+        that committed it; not at all if it rolls back or if the savepoint it was registered in is undone. A
+        callback registered twice runs once. The backends run them through `run_committed_callbacks`."""
+        if callback not in self.committed_callbacks:
+            self.committed_callbacks.append(callback)
+
+    def run_committed_callbacks(self) -> None:
+        """For the backends, once the transaction has committed. The commit stands whatever a callback does: one
+        that fails is logged and the others still run."""
+        for callback in self.committed_callbacks:
+            try:
+                callback()
+            except Exception as error:
+                log.warning("an after-commit step failed (%s)", type(error).__name__)
 
     @abstractmethod
     def savepoint(self) -> AbstractContextManager[None]:
@@ -163,7 +183,15 @@ class Transaction(ABC):
     @abstractmethod
     def meta_get(self, key: str) -> bytes | None: ...
     @abstractmethod
-    def meta_put(self, key: str, value: bytes) -> None: ...
+    def meta_put(self, key: str, value: bytes, *, touch: bool = True) -> None:
+        """touch=False for entries no process caches (a work queue): other processes are not told of them."""
+
+    @abstractmethod
+    def meta_list(self, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        """The entries whose key starts with `prefix`, by key."""
+
+    @abstractmethod
+    def meta_delete(self, key: str) -> None: ...
 
     # vaults
     @abstractmethod

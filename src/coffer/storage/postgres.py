@@ -218,6 +218,7 @@ class PostgresStorage(Storage):
     def write(self) -> Iterator[Transaction]:
         with self._write() as tx:
             yield tx
+        tx.run_committed_callbacks()
 
     @contextmanager
     def _write(self) -> Iterator[_PostgresTransaction]:

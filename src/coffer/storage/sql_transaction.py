@@ -79,11 +79,13 @@ class SqlTransaction(Transaction):
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         self._run("SAVEPOINT part")
+        callbacks = len(self.committed_callbacks)
         try:
             yield
         except BaseException:
             self._run("ROLLBACK TO SAVEPOINT part")
             self._run("RELEASE SAVEPOINT part")
+            del self.committed_callbacks[callbacks:]
             raise
         self._run("RELEASE SAVEPOINT part")
 
@@ -115,13 +117,25 @@ class SqlTransaction(Transaction):
         row = self._one("SELECT value FROM meta WHERE key = ?", key)
         return bytes(row["value"]) if row else None
 
-    def meta_put(self, key: str, value: bytes) -> None:
-        self.touch(META)
+    def meta_put(self, key: str, value: bytes, *, touch: bool = True) -> None:
+        if touch:
+            self.touch(META)
         self._run(
             "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             key,
             value,
         )
+
+    def meta_list(self, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        # a key range rather than LIKE (whose wildcards the prefix might hold); both backends order keys bytewise
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self._all(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key LIMIT ?", prefix, end, limit
+        )
+        return [(str(row["key"]), bytes(row["value"])) for row in rows]
+
+    def meta_delete(self, key: str) -> None:
+        self._run("DELETE FROM meta WHERE key = ?", key)
 
     # vaults
     def vault_get(self, name: str) -> VaultRow | None:

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -187,11 +187,12 @@ class SqliteStorage(Storage):
                 self._writer_fd = os.open(str(self.path) + ".writer", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
             try:
-                yield from self._write()
+                tx = yield from self._write()
             finally:
                 fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+        tx.run_committed_callbacks()
 
-    def _write(self) -> Iterator[Transaction]:
+    def _write(self) -> Generator[Transaction, None, Transaction]:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -213,6 +214,7 @@ class SqliteStorage(Storage):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StorageError(str(exc)) from exc
+        return tx
 
     def close(self) -> None:
         with self._lock:

@@ -11,9 +11,10 @@ from typing import Any
 
 from coffer.api.request import ApiRequest
 from coffer.api.routing import Route
+from coffer.barrier import VaultView
 from coffer.core import Context, Operation, Result
 from coffer.errors import NotFound
-from coffer.objects import vault
+from coffer.objects import certificate, vault
 from coffer.storage import VaultRow
 
 _ACTION = "Microsoft.KeyVault/vaults/"
@@ -90,7 +91,8 @@ async def delete_vault(req: ApiRequest) -> Result:
     name = req.params["name"]
 
     def run(ctx: Context) -> Result:
-        _own(ctx, name)
+        row = _own(ctx, name)
+        certificate.release_vault_hsm_objects(VaultView(ctx.tx, ctx.barrier, row), req.app.key_backends)
         vault.delete(ctx.tx, name)
         return Result(status=204)
 

@@ -1,0 +1,197 @@
+"""HSM objects leave the token only once the transaction that drops their key has committed (key.HSM_DESTROY_QUEUE):
+a purge whose transaction fails keeps a working key, a token that is away when the purge commits is caught up by
+the maintenance job, and deleting a vault takes its HSM objects (keys, deleted keys, pending operations, internal
+CA keys) out of the token too. In process, against a SoftHSM2 token."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.softhsm import missing_reason, shared_token
+
+from coffer.app import Coffer
+from coffer.barrier import VaultView
+from coffer.config import Config
+from coffer.crypto.keys import KeyBackendUnavailable, KeyMaterial
+from coffer.objects import certificate, vault
+from coffer.objects import key as keys
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
+
+DIGEST = b"\x01" * 32
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture()
+def coffer(tmp_path: Path) -> Iterator[Coffer]:
+    token = shared_token()
+    config = Config(
+        data_dir=tmp_path / "data",
+        dev=True,
+        pkcs11_module=Path(token.module),
+        pkcs11_token=token.label,
+        pkcs11_pin=token.pin,
+    )
+    app = Coffer(config)
+    app.start_dev()
+    yield app
+    app.close()
+
+
+def _write(coffer: Coffer, run: Any, vault_name: str = "dev") -> Any:
+    with coffer.storage.write() as tx:
+        return run(VaultView(tx, coffer.barrier, tx.vault_get(vault_name)))  # type: ignore[arg-type]
+
+
+def _materials(coffer: Coffer, name: str, vault_name: str = "dev") -> list[KeyMaterial]:
+    with coffer.storage.read() as tx:
+        view = VaultView(tx, coffer.barrier, tx.vault_get(vault_name))  # type: ignore[arg-type]
+        rows = view.version_list(keys.KIND, name, after_seq=None, limit=100)
+        return [keys._material(view, row) for row in rows]
+
+
+def _exists(coffer: Coffer, material: KeyMaterial) -> bool:
+    assert coffer.hsm_backend is not None
+    return bool(coffer.hsm_backend.exists(material))  # type: ignore[attr-defined]
+
+
+def _queued(coffer: Coffer) -> list[str]:
+    with coffer.storage.read() as tx:
+        return [entry for entry, _ in tx.meta_list(keys.HSM_DESTROY_QUEUE, 100)]
+
+
+def _hsm_key(coffer: Coffer, name: str, vault_name: str = "dev") -> KeyMaterial:
+    _write(coffer, lambda view: keys.create(view, coffer.key_backends, name, {"kty": "EC-HSM", "crv": "P-256"}),
+           vault_name)
+    [material] = _materials(coffer, name, vault_name)
+    assert _exists(coffer, material)
+    return material
+
+
+def test_a_purge_whose_transaction_fails_keeps_the_hsm_key(coffer: Coffer) -> None:
+    material = _hsm_key(coffer, "kept")
+    _write(coffer, lambda view: keys.delete(view, "kept"))
+    with pytest.raises(Boom), coffer.storage.write() as tx:
+        keys.purge(VaultView(tx, coffer.barrier, tx.vault_get("dev")), coffer.key_backends, "kept")  # type: ignore[arg-type]
+        raise Boom()  # the commit fails after the purge
+    assert _exists(coffer, material) and _queued(coffer) == []
+    # so the key comes back whole: recovered, it still signs with its token object
+    _write(coffer, lambda view: keys.recover(view, "kept"))
+    assert coffer.hsm_backend is not None
+    assert coffer.hsm_backend.sign(material, "ES256", DIGEST)
+
+    # a purge undone by its savepoint (as the group commit undoes one failed write) leaves it alone as well
+    _write(coffer, lambda view: keys.delete(view, "kept"))
+    with coffer.storage.write() as tx:
+        view = VaultView(tx, coffer.barrier, tx.vault_get("dev"))  # type: ignore[arg-type]
+        with pytest.raises(Boom), tx.savepoint():
+            keys.purge(view, coffer.key_backends, "kept")
+            raise Boom()
+    assert _exists(coffer, material) and _queued(coffer) == []
+
+    _write(coffer, lambda view: keys.purge(view, coffer.key_backends, "kept"))  # committed: the object goes
+    assert not _exists(coffer, material) and _queued(coffer) == []
+
+
+def test_an_hsm_away_at_the_purge_is_caught_up_by_the_maintenance_job(
+    coffer: Coffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = _hsm_key(coffer, "one"), _hsm_key(coffer, "two")
+    backend: Any = coffer.hsm_backend
+
+    def away(material: KeyMaterial) -> None:
+        raise KeyBackendUnavailable("the token is not reachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "destroy", away)
+        for name in ("one", "two"):
+            _write(coffer, lambda view, n=name: keys.delete(view, n))
+            _write(coffer, lambda view, n=name: keys.purge(view, coffer.key_backends, n))  # reported done
+        assert len(_queued(coffer)) == 2  # and remembered
+        assert coffer.run_jobs_if_leader(int(time.time()), due=True) == []  # still away: nothing to report
+    assert _exists(coffer, first) and _exists(coffer, second) and len(_queued(coffer)) == 2
+    done = coffer.run_jobs_if_leader(int(time.time()), due=True)
+    assert "destroyed 2 HSM objects left over from earlier purges" in done
+    assert not _exists(coffer, first) and not _exists(coffer, second) and _queued(coffer) == []
+
+
+def test_a_queue_entry_naming_no_token_object_is_dropped(coffer: Coffer) -> None:
+    with coffer.storage.write() as tx:
+        tx.meta_put(keys.HSM_DESTROY_QUEUE + "not-a-reference", b"EC-HSM", touch=False)
+    assert coffer.destroy_queued_hsm_objects() == 1
+    assert _queued(coffer) == []
+
+
+def _server_client(coffer: Coffer) -> httpx.AsyncClient:
+    dev = coffer.start_dev()
+    with coffer.storage.read() as tx:
+        principal = tx.principal_by_client_id(dev.tenant_id, dev.client_id)
+    assert principal is not None
+    token, _ = coffer.tokens.issue(
+        object_id=principal.object_id,
+        tenant_id=dev.tenant_id,
+        client_id=dev.client_id,
+        kind="application",
+        audience=coffer.authority,
+    )
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=coffer.api, client=("127.0.0.1", 50000)),
+        base_url=coffer.authority,
+        headers={"authorization": f"Bearer {token}"},
+    )
+
+
+def test_deleting_a_vault_takes_its_hsm_objects_out_of_the_token(coffer: Coffer) -> None:
+    with coffer.storage.write() as tx:
+        dev = tx.vault_get("dev")
+        assert dev is not None
+        vault.create(tx, coffer.barrier, "doomed", dev.tenant_id, {"sku": "premium"})
+    live = _hsm_key(coffer, "live", "doomed")
+    _hsm_key(coffer, "rotated", "doomed")
+    _write(coffer, lambda view: keys.rotate(view, coffer.key_backends, "rotated"), "doomed")
+    rotated = _materials(coffer, "rotated", "doomed")
+    deleted = _hsm_key(coffer, "deleted", "doomed")
+    _write(coffer, lambda view: keys.delete(view, "deleted"), "doomed")
+    policy = {
+        "issuer": {"name": "Unknown"},
+        "x509_props": {"subject": "CN=pending.example", "validity_months": 12},
+        "key_props": {"kty": "EC-HSM", "crv": "P-256", "reuse_key": False},
+    }
+    _write(coffer, lambda view: certificate.create(view, coffer.key_backends, "csr", {"policy": policy},
+                                                   vault_url="https://doomed.localhost"), "doomed")
+
+    def pending(view: VaultView) -> KeyMaterial:
+        obj, operation = certificate.pending_operation(view, "csr")
+        return certificate._pending_material(view, obj, operation)
+
+    pending_key = _write(coffer, pending, "doomed")
+    _write(coffer, lambda view: certificate.ca_create(view, coffer.key_backends, "corp", subject=None,
+                                                      validity_years=1, hsm=True), "doomed")
+
+    def ca_keys(view: VaultView) -> list[KeyMaterial]:
+        ca = view.object_get(certificate.CA_KIND, "corp")
+        assert ca is not None
+        return [certificate._ca_material(view, ca, g) for g in ca.data["generations"]]
+
+    ca_key = _write(coffer, ca_keys, "doomed")
+    everything = [live, *rotated, deleted, pending_key, *ca_key]
+    assert len(everything) == 6 and all(_exists(coffer, m) for m in everything)
+    other = _hsm_key(coffer, "elsewhere")  # in another vault: stays
+
+    async def delete() -> httpx.Response:
+        async with _server_client(coffer) as client:
+            return await client.delete("/admin/vaults/doomed")
+
+    response = asyncio.run(delete())
+    assert response.status_code == 204, response.text
+    assert not any(_exists(coffer, m) for m in everything)
+    assert _exists(coffer, other) and _queued(coffer) == []
