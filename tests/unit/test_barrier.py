@@ -62,6 +62,22 @@ def test_uninitialized_status(storage: SqliteStorage) -> None:
         b.unseal_with_key(b"\x00" * 32)
 
 
+def test_status_sees_another_process_initialize_then_needs_no_storage(
+    storage: SqliteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = Barrier(storage)  # as another worker's barrier
+    assert watcher.status().initialized is False
+    Barrier(storage).initialize(3, 2)
+    assert (watcher.status().initialized, watcher.status().shares, watcher.status().threshold) == (True, 3, 2)
+
+    def storage_down() -> None:
+        raise AssertionError("health and seal status must not wait for storage once initialized")
+
+    monkeypatch.setattr(storage, "read", storage_down)
+    status = watcher.status()  # /healthz: answered at once, even with the database away
+    assert (status.initialized, status.sealed, status.shares, status.threshold) == (True, True, 3, 2)
+
+
 def test_initialize_returns_shares_and_leaves_unsealed(storage: SqliteStorage) -> None:
     b = Barrier(storage)
     unseal_key, shares = b.initialize(5, 3)

@@ -51,12 +51,20 @@ class Barrier:
         self._backup: bytes | None = None
         self._pending_shares: list[str] = []
         self._vault_keys: dict[tuple[str, int, bytes], envelope.Key] = {}
+        self._seal_config: dict[str, int] | None = None  # once initialized (it never changes after that)
 
     # --- seal state -------------------------------------------------------------------------
     def _config(self) -> dict[str, int] | None:
-        with self._storage.read() as tx:
-            raw = tx.meta_get(_SEAL_CONFIG)
-        return orjson.loads(raw) if raw else None
+        """The seal configuration; read from storage until it exists (another process may initialize), then kept,
+        so that health and seal status answer without a storage round trip (and at once while storage is down)."""
+        if self._seal_config is None:
+            with self._storage.read() as tx:
+                self._remember_config(tx.meta_get(_SEAL_CONFIG))
+        return self._seal_config
+
+    def _remember_config(self, raw: bytes | None) -> None:
+        if raw:
+            self._seal_config = orjson.loads(raw)
 
     def status(self) -> SealStatus:
         config = self._config()
@@ -77,16 +85,19 @@ class Barrier:
         with self._lock, self._storage.write() as tx:
             if tx.meta_get(_SEAL_CONFIG) is not None:
                 raise Conflict("Coffer is already initialized.", code="AlreadyInitialized")
-            tx.meta_put(_SEAL_CONFIG, orjson.dumps({"shares": shares, "threshold": threshold}))
+            config = orjson.dumps({"shares": shares, "threshold": threshold})
+            tx.meta_put(_SEAL_CONFIG, config)
             tx.meta_put(_ROOT_KEY, envelope.seal(unseal_key, root, envelope.aad("root-key")))
             tx.meta_put(_BACKUP_KEY, envelope.seal(root, backup, envelope.aad("backup-key")))
         self._root, self._backup = root, backup
+        self._remember_config(config)
         return unseal_key, mnemonics
 
     def unseal_with_key(self, unseal_key: bytes) -> None:
         with self._storage.read() as tx:
             sealed_root = tx.meta_get(_ROOT_KEY)
             sealed_backup = tx.meta_get(_BACKUP_KEY)
+            self._remember_config(tx.meta_get(_SEAL_CONFIG))
         if sealed_root is None or sealed_backup is None:
             raise Sealed("Coffer is not initialized: run `coffer operator init`.")
         try:
@@ -102,6 +113,7 @@ class Barrier:
         """Unseal with the root key itself, as recovered by an auto-unseal mechanism (barrier.hsm_seal)."""
         with self._storage.read() as tx:
             sealed_backup = tx.meta_get(_BACKUP_KEY)
+            self._remember_config(tx.meta_get(_SEAL_CONFIG))
         if sealed_backup is None:
             raise Sealed("Coffer is not initialized: run `coffer operator init`.")
         try:

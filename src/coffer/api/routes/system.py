@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import anyio.to_thread
 import orjson
 
@@ -9,13 +10,34 @@ from coffer.api.request import ApiRequest
 from coffer.api.routing import Route
 from coffer.core import Context, Operation, Result
 from coffer.errors import BadParameter, Forbidden
+from coffer.storage import Storage, StorageError
+
+# How long /healthz waits for the storage to answer before calling it unavailable (well under a balancer's check
+# timeout; a PostgreSQL pool that cannot connect would otherwise hold the check for its own 10 s).
+HEALTH_STORAGE_SECONDS = 2.0
 
 
 async def health(req: ApiRequest) -> Result:
-    status = req.app.barrier.status()
-    code = 200 if status.initialized and not status.sealed else 503
-    body = {"status": "ok" if code == 200 else "sealed", **status.as_dict(), "jobLeader": req.app.job_leader}
-    return Result(status=code, body=body)
+    """200 when this node can serve: initialized, unsealed and its storage answering; else 503 with the reason."""
+    status = req.app.barrier.status()  # from memory once initialized
+    state = "ok" if status.initialized and not status.sealed else "sealed"
+    if state == "ok" and not await _storage_answers(req.app.storage):
+        state = "storage unavailable"
+    body = {"status": state, **status.as_dict(), "jobLeader": req.app.job_leader}
+    return Result(status=200 if state == "ok" else 503, body=body)
+
+
+async def _storage_answers(storage: Storage) -> bool:
+    def probe() -> None:
+        with storage.read() as tx:
+            tx.meta_get("seal-config")
+
+    try:
+        with anyio.fail_after(HEALTH_STORAGE_SECONDS):  # in a thread: the event loop serves others meanwhile
+            await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
+    except (TimeoutError, StorageError):
+        return False
+    return True
 
 
 async def seal_status(req: ApiRequest) -> Result:
