@@ -56,6 +56,35 @@ def test_dev_server_with_workers_serves_through_every_worker(tmp_path: Path) -> 
         assert server.stop() == 0
 
 
+def test_sighup_makes_every_worker_continue_the_audit_log_in_a_new_file(tmp_path: Path) -> None:
+    """Log rotation: move audit.log away, SIGHUP the server; each worker continues in a new audit.log, and the
+    server keeps serving (SIGHUP's default action would have ended it)."""
+    server = DevServer(tmp_path / "data", server_env={"COFFER_WORKERS": str(WORKERS)}).start()
+    audit, rotated = server.data_dir / "audit.log", server.data_dir / "audit.log.1"
+    try:
+        assert server.proc is not None
+        with identity_env(server), secret_client(server) as client:
+            client.set_secret("before-rotation", "value")
+        os.rename(audit, rotated)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while sum("audit log reopened" in line for line in server.output) < WORKERS:
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
+        with identity_env(server):
+            for i in range(8):  # new clients, new connections: both workers answer some
+                with secret_client(server) as client:
+                    client.set_secret(f"after-rotation-{i}", "value")
+        assert server.proc.poll() is None
+    finally:
+        release_connections()
+        assert server.stop() == 0
+
+    old, new = rotated.read_text(), audit.read_text()
+    assert "before-rotation" in old and "after-rotation" not in old
+    assert all(f"after-rotation-{i}" in new for i in range(8)) and "before-rotation" not in new
+
+
 @pytest.fixture
 def production(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, list[str]]]:
     """A non-dev server with workers: (process, address, CA file, output lines)."""

@@ -114,3 +114,52 @@ def test_records_of_requests_in_flight_share_one_fsync_and_a_lone_one_is_not_del
     asyncio.run(scenario())
     log.close()
     assert (tmp_path / "audit.log").read_bytes().count(b'"n":') == 5
+
+
+def test_reopen_after_rotation_loses_and_splits_no_record(tmp_path: Path) -> None:
+    """logrotate moves the file away and sends SIGHUP: records written while that happens, from the writer thread
+    and from the event loop's flusher at once, all end up whole in one of the two files, each once."""
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+
+    def direct(base: int) -> None:
+        for j in range(300):
+            log.write({"n": base + j})
+
+    async def reads() -> None:
+        await asyncio.gather(*(log.write_async({"n": 10_000 + i}) for i in range(300)))
+
+    threads = [threading.Thread(target=direct, args=(i * 1000,)) for i in range(3)]
+    threads.append(threading.Thread(target=lambda: asyncio.run(reads())))
+    for thread in threads:
+        thread.start()
+    rotated = []
+    for k in range(3):  # rotate three times while they write
+        time.sleep(0.01)
+        moved = tmp_path / f"audit.log.{k}"
+        os.rename(path, moved)
+        log.reopen()
+        rotated.append(moved)
+    for thread in threads:
+        thread.join()
+    log.write({"n": -1})  # after the last rotation: in the current file
+    log.close()
+    numbers = []
+    for file in [*rotated, path]:
+        numbers += [orjson.loads(line)["n"] for line in file.read_bytes().splitlines()]
+    expected = [-1] + [i * 1000 + j for i in range(3) for j in range(300)] + [10_000 + i for i in range(300)]
+    assert sorted(numbers) == sorted(expected)
+    assert orjson.loads(path.read_bytes().splitlines()[-1])["n"] == -1
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_reopen_that_cannot_open_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "audit.log"
+    log = AuditLog(path)
+    log.write({"n": 1})
+    os.rename(path.parent, tmp_path / "moved")  # the directory is gone: the new file cannot be created
+    with pytest.raises(OSError):
+        log.reopen()
+    log.write({"n": 2})  # still durable, in the old file
+    log.close()
+    assert [orjson.loads(line)["n"] for line in (tmp_path / "moved" / "audit.log").read_bytes().splitlines()] == [1, 2]

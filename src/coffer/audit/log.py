@@ -11,6 +11,9 @@ requests share an fsync; every caller of a batch that failed gets AuditError. Wh
 in flight (the edge counts them in `requests_in_flight`), the flusher waits up to `GROUP_DELAY_SECONDS` for their
 records to join the batch (as PostgreSQL's commit_delay with commit_siblings): under load an fsync per one or two
 requests cost about a sixth of the CPU of a secret get; a lone request is never delayed.
+
+Rotation: `reopen` (SIGHUP, see cli/server.py) continues in a new file at the same path once log rotation has moved
+the old one away; a write and its fsync always go to the same file.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class AuditLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._io = threading.Lock()  # a write and its fsync go to one file, whatever `reopen` does meanwhile
         self._cond = threading.Condition()
         self._pending: list[_Entry] = []
         self._closing = False
@@ -87,8 +91,7 @@ class AuditLog:
                 raise AuditError("audit log write failed: the audit log is closed")
             self._direct += 1
         try:
-            os.write(self._fd, data)
-            os.fsync(self._fd)
+            self._append(data)
         except OSError as exc:
             raise AuditError(f"audit log write failed: {exc.strerror or type(exc).__name__}") from None
         finally:
@@ -125,8 +128,7 @@ class AuditLog:
                 batch, self._pending = self._pending, []
             error = None
             try:
-                os.write(self._fd, b"".join(e.line for e in batch))
-                os.fsync(self._fd)
+                self._append(b"".join(e.line for e in batch))
             except OSError as exc:
                 error = exc.strerror or type(exc).__name__
             loops: dict[asyncio.AbstractEventLoop, list[_Entry]] = {}
@@ -137,6 +139,23 @@ class AuditLog:
                 with contextlib.suppress(RuntimeError):  # RuntimeError: that loop has closed, nobody waits any more
                     loop.call_soon_threadsafe(_resolve, entries)
 
+    def _append(self, data: bytes) -> None:
+        with self._io:
+            os.write(self._fd, data)
+            os.fsync(self._fd)
+
+    def reopen(self) -> None:
+        """Continue in a new file at `path` (after log rotation moved the old one away; SIGHUP): records made
+        durable so far stay in the old file, the next ones go to the new. If the new file cannot be opened, the
+        old one stays in use and OSError is raised."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with self._io:
+            if self._fd < 0:  # closed meanwhile
+                os.close(fd)
+                return
+            old, self._fd = self._fd, fd
+        os.close(old)
+
     def close(self) -> None:
         with self._cond:
             self._closing = True
@@ -146,9 +165,10 @@ class AuditLog:
         with self._cond:
             while self._direct:
                 self._cond.wait()
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            with self._io:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
 
 
 def _resolve(entries: list[_Entry]) -> None:

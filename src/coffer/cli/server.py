@@ -118,6 +118,16 @@ async def _maintenance_loop(coffer: Coffer) -> None:
             log.warning("maintenance job failed (%s); will retry", type(error).__name__)
 
 
+def _reopen_audit_log(coffer: Coffer) -> None:
+    """SIGHUP: continue the audit log in a new file at its path (log rotation has moved the old one away)."""
+    try:
+        coffer.audit.reopen()
+    except OSError as error:
+        log.error("could not reopen the audit log (%s); still writing to the old file", error.strerror)
+    else:
+        log.info("audit log reopened at %s", coffer.audit.path)
+
+
 def _follow_changes(coffer: Coffer) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
     thread = threading.Thread(target=coffer.follow_changes, args=(stop,), name="coffer-changes", daemon=True)
@@ -158,6 +168,7 @@ def _dev_hsm_line(coffer: Coffer, dev_token: bool) -> str:
 
 def serve(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until `run` reopens the audit log on it (its default: exit)
     configured = config.hsm_configured
     config = devhsm.prepare(config)  # dev without COFFER_PKCS11_*: the SoftHSM2 token in DATA/softhsm, if installed
     dev_token = config.hsm_configured and not configured
@@ -251,6 +262,7 @@ def run(coffer: Coffer, sockets: list[socket.socket], files: tls.TlsFiles, annou
     server = _Server(uv_config)
 
     async def main() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reopen_audit_log, coffer)
         maintenance = asyncio.create_task(_maintenance_loop(coffer))
         announced = asyncio.create_task(_announce(server, announce))
         try:

@@ -136,8 +136,14 @@ def supervise(config: Config, socket_sets: list[list[socket.socket]], dev_token:
     def stop(_signum: int, _frame: object) -> None:
         stopping.set()
 
+    def reopen_audit_logs(_signum: int, _frame: object) -> None:  # each worker writes its own records
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reopen_audit_logs)
     workers = [spawn(i) for i in range(config.workers)]
     announced = False
     while not stopping.is_set():
@@ -208,6 +214,7 @@ def _worker_main(channel_fd: int, socket_fds: list[int]) -> None:
     from coffer.cli.server import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until `run` reopens the audit log on it
     channel = socket.socket(fileno=channel_fd)
     config: Config = pickle.loads(channel.recv(1 << 20))  # noqa: S301 - from the supervisor, our own parent
     state = channel.recv(4096)
