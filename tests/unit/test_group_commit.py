@@ -59,3 +59,24 @@ def test_a_batch_whose_audit_fails_commits_nothing(in_process: Coffer) -> None:
             assert not [item for item in listed.json()["value"] if "/secrets/t" in item["id"]]
 
     asyncio.run(scenario())
+
+
+def test_a_write_with_a_slow_part_fails_and_is_undone(in_process: Coffer) -> None:
+    """Result.finish is for reads: a write's would run after its commit (and could fail after the client's change
+    was made), so a write that sets one is refused and undone, never answered with an empty body."""
+    real_run = in_process.pipeline._run
+
+    def with_finish(tx: Any, op: Any, caller: Any, info: Any) -> Any:
+        result, record = real_run(tx, op, caller, info)
+        if op.write:
+            result.finish = lambda: {"value": "late"}
+        return result, record
+
+    async def scenario() -> None:
+        async with vault_client(in_process) as client:
+            with mock.patch.object(in_process.pipeline, "_run", with_finish):
+                response = await client.put("/secrets/slow", json={"value": "v"})
+            assert response.status_code == 500 and response.json()["error"]["code"]
+            assert (await client.get("/secrets/slow")).status_code == 404
+
+    asyncio.run(scenario())

@@ -76,7 +76,7 @@ class Result:
     headers: dict[str, str] = field(default_factory=dict)
     # A read's slow part (an HSM call, an RSA-3072/4096 private-key operation), run in a worker thread after its
     # transaction, never on the event loop; it returns the body. If it fails, the request fails (and is audited as
-    # failed).
+    # failed). Reads only: a write that sets it fails, undone (its slow part would run after the commit).
     finish: Callable[[], Any] | None = None
 
 
@@ -224,6 +224,8 @@ class Pipeline:
                     try:
                         with tx.savepoint():
                             write.result, record = self._run(tx, write.op, write.caller, write.info)
+                            if write.result.finish is not None:  # it would run after the commit, and could fail then
+                                raise RuntimeError(f"{write.op.name}: a write cannot have a slow part (Result.finish)")
                         records.append(record)
                     except StorageError:  # the transaction itself may be broken: fail them all
                         raise
