@@ -100,7 +100,7 @@ class Api:
                 except NotFound:
                     route = None
             if route is None:
-                caller = self.pipeline.authenticate(
+                caller = await self.pipeline.authenticate(
                     headers.get("authorization"), self.coffer.tenant_of(vault) if vault else None
                 )
                 route, params = resolve(VAULT_ROUTES if kind == "vault" else SERVER_ROUTES, method, path)

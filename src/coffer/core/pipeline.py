@@ -147,7 +147,7 @@ class Pipeline:
         """Wait for the slow parts still running (before the HSM session they may use closes)."""
         self._slow.shutdown(wait=True)
 
-    def authenticate(self, authorization: str | None, tenant: str | None = None) -> Caller:
+    async def authenticate(self, authorization: str | None, tenant: str | None = None) -> Caller:
         """The caller a bearer token proves; `tenant` (the vault's) must be the token's tenant."""
         if self.barrier.sealed:
             raise Sealed()
@@ -158,8 +158,11 @@ class Pipeline:
             raise Unauthorized()
         caller = self.tokens.verify(token.strip(), tenant)
         problem = self.index.problem(caller)
-        if problem is not None and caller.kind != "external":
-            problem = self._recheck(caller)
+        if problem is not None and caller.kind != "external":  # a storage read: in a thread unless it is fast
+            if self.storage.fast_reads:
+                problem = self._recheck(caller)
+            else:
+                problem = await anyio.to_thread.run_sync(self._recheck, caller)
         if problem is not None:
             raise Unauthorized("AKV10032: Invalid token.", reason=problem)
         if tenant and caller.tenant_id != tenant:
