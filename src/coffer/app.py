@@ -29,7 +29,7 @@ from coffer.crypto import pkcs11, signing, tls
 from coffer.crypto.keys import KeyBackendUnavailable, KeyMaterial, KeyOperationError
 from coffer.crypto.software import SoftwareBackend
 from coffer.errors import CofferError
-from coffer.identity import principals
+from coffer.identity import assertions, principals
 from coffer.identity.external import JwksCache
 from coffer.identity.index import IdentityIndex
 from coffer.identity.tokens import LEEWAY, SigningKey, TokenService
@@ -471,6 +471,8 @@ class Coffer:
             done.append(f"purged {purged} soft-deleted objects past their retention")
         if destroyed := self.destroy_queued_hsm_objects():
             done.append(f"destroyed {destroyed} HSM objects left over from earlier purges")
+        if forgotten := assertions.forget_used_assertions(self.storage, at):
+            done.append(f"forgot {forgotten} used client assertions past their expiry")
         if self.rotate_signing_key_if_due(at):
             done.append("rotated the token signing key")
         if actions := self.run_key_policies(at):

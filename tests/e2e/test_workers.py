@@ -3,6 +3,9 @@ unseal share may reach any of them, unsealing and sealing reach all, and a worke
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
 import os
 import re
 import signal
@@ -11,13 +14,19 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from tests.e2e.helpers import base_env, identity_env, release_connections, secret_client
+from tests.e2e.helpers import base_env, identity_env, release_connections, run_cli, secret_client
 from tests.support.server import DevServer
 
 WORKERS = 2
@@ -83,6 +92,49 @@ def test_sighup_makes_every_worker_continue_the_audit_log_in_a_new_file(tmp_path
     old, new = rotated.read_text(), audit.read_text()
     assert "before-rotation" in old and "after-rotation" not in old
     assert all(f"after-rotation-{i}" in new for i in range(8)) and "before-rotation" not in new
+
+
+def test_a_client_assertion_is_accepted_once_whichever_worker_receives_it(tmp_path: Path) -> None:
+    """A certificate assertion's jti is single-use for the whole server, not per worker process: of the same
+    assertion sent on eight new connections (spread over the workers by the kernel), only the first gets a token."""
+    server = DevServer(tmp_path / "data", server_env={"COFFER_WORKERS": str(WORKERS)}).start()
+    try:
+        created = run_cli("identity", "principal", "create", "replay-app", env=server.client_env(), cwd=tmp_path)
+        [row] = [line for line in created.stdout.splitlines() if "replay-app" in line and "│" in line]
+        client_id = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", row)[1]
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replay-app")])
+        start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(start)
+                .not_valid_after(start + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+        pem = tmp_path / "replay-app.pem"
+        pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        run_cli("identity", "certificate", "add", client_id, str(pem), env=server.client_env(), cwd=tmp_path)
+
+        tenant, now = server.env["COFFER_TENANT_ID"], int(time.time())
+        endpoint = f"{server.authority}/{tenant}/oauth2/v2.0/token"
+        thumbprint = base64.urlsafe_b64encode(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+        assertion = jwt.encode(
+            {"iss": client_id, "sub": client_id, "aud": endpoint, "iat": now, "nbf": now, "exp": now + 600,
+             "jti": uuid.uuid4().hex},
+            key, algorithm="ES256", headers={"x5t#S256": thumbprint.rstrip(b"=").decode()},
+        )
+        form = {"grant_type": "client_credentials", "client_id": client_id, "scope": f"{server.authority}/.default",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion}
+        answers = []
+        for _ in range(8):  # new connections: either worker may accept each
+            with httpx.Client(verify=ssl.create_default_context(cafile=server.ca), timeout=30) as client:
+                answers.append(client.post(endpoint, data=form))
+        assert answers[0].status_code == 200, answers[0].text
+        for answer in answers[1:]:
+            assert answer.status_code == 401, answer.text
+            body = answer.json()
+            assert body["error"] == "invalid_client" and "already been used" in body["error_description"]
+    finally:
+        release_connections()
+        assert server.stop() == 0
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 Two kinds, told apart by the header and `iss`:
 - certificate (MSAL / azure-identity CertificateCredential): signed with the application's private key; the
   header names the registered certificate by `x5t` (SHA-1) or `x5t#S256` (SHA-256) thumbprint; `iss` == `sub`
-  == client_id; `aud` is the token endpoint; `jti` is single-use.
+  == client_id; `aud` is the token endpoint; `jti` is single-use across the installation (every process and node).
 - federated (workload identity): a JWT minted by an external issuer the tenant trusts (e.g. a Kubernetes
   service-account token), matched by (iss, sub) to a federated credential of the application and verified
   against the issuer's JWKS and the credential's audiences.
@@ -14,6 +14,7 @@ Errors are `InvalidAssertion`: an Entra-like AADSTS code and a message safe for 
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import threading
 import time
@@ -88,6 +89,34 @@ class ReplayCache:
                 del self._seen[key]
 
 
+# A certificate assertion's first use is recorded in storage (`meta`, under this prefix), where every process and
+# node sees it; the process's ReplayCache answers repeats it has seen itself without a storage write. The entry names
+# the time from which it may be forgotten (the assertion's exp + 60 s, after which it is refused as expired anyway)
+# first, so that `forget_used_assertions` finds the oldest first, then a hash of the client id and jti.
+USED_ASSERTION = "used-assertion:"
+
+
+def _first_use_everywhere(storage: Storage, key: str, forget_at: float) -> bool:
+    entry = f"{USED_ASSERTION}{int(forget_at):012d}:{hashlib.sha256(key.encode()).hexdigest()}"
+    with storage.write() as tx:  # writes are serialized: of two processes, the second finds the first's entry
+        if tx.meta_get(entry) is not None:
+            return False
+        tx.meta_put(entry, b"", touch=False)
+    return True
+
+
+def forget_used_assertions(storage: Storage, now: float, limit: int = 1000) -> int:
+    """Drop the records of assertions that have expired (a maintenance job). Returns how many."""
+    with storage.read() as tx:
+        entries = tx.meta_list(USED_ASSERTION, limit)
+    expired = [e for e, _ in entries if int(e[len(USED_ASSERTION) :].split(":", 1)[0]) <= now]
+    if expired:
+        with storage.write() as tx:
+            for entry in expired:
+                tx.meta_delete(entry)
+    return len(expired)
+
+
 @dataclass(frozen=True)
 class _Found:
     principal: PrincipalRow
@@ -153,7 +182,7 @@ class AssertionVerifier:
             else:
                 found = _federated_credential(tx, claims, tenant_id, client_id)
         if certificate:
-            self._check_certificate(assertion, header, found.credential, client_id, audiences)
+            self._check_certificate(storage, assertion, header, found.credential, client_id, audiences)
         else:
             self._check_federated(assertion, found.credential, found.issuer)
         return found.principal, found.credential
@@ -161,6 +190,7 @@ class AssertionVerifier:
     # --- certificate ----------------------------------------------------------------------------
     def _check_certificate(
         self,
+        storage: Storage,
         assertion: str,
         header: dict[str, Any],
         credential: CredentialRow,
@@ -177,7 +207,8 @@ class AssertionVerifier:
             raise _fail("The client assertion is valid for too long (at most 24 h).", EXPIRED, "exp too far")
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             raise _fail("The client assertion must have a jti claim.", BAD_SIGNATURE, "no jti")
-        if not self.replay.first_use(f"{client_id} {jti}", float(exp) + 60):
+        key, forget_at = f"{client_id} {jti}", float(exp) + 60
+        if not self.replay.first_use(key, forget_at) or not _first_use_everywhere(storage, key, forget_at):
             raise _fail("The client assertion has already been used (replayed jti).", BAD_SIGNATURE, "replayed jti")
 
     # --- federated ------------------------------------------------------------------------------
@@ -282,9 +313,11 @@ def _trusted_issuer(tx: Transaction, tenant_id: str, issuer: str) -> IssuerRow:
 
 
 __all__ = [
+    "USED_ASSERTION",
     "AssertionVerifier",
     "InvalidAssertion",
     "ReplayCache",
+    "forget_used_assertions",
     "is_certificate_assertion",
     "token_endpoints",
 ]
