@@ -482,14 +482,18 @@ class Coffer:
         return done
 
     # --- background jobs ----------------------------------------------------------------------
-    def destroy_queued_hsm_objects(self, limit: int = 500) -> int:
-        """Destroy the HSM objects that committed transactions dropped (key.HSM_DESTROY_QUEUE) and take them off the
-        queue. Runs after each such commit and in every maintenance run, for what a crash or an unavailable HSM
-        left; destroying is idempotent, so two processes doing it at once is harmless. Returns how many went."""
+    def destroy_queued_hsm_objects(self, entries: list[str] | None = None, limit: int = 500) -> int:
+        """Destroy HSM objects that committed transactions dropped (key.HSM_DESTROY_QUEUE) and take them off the
+        queue: `entries` right after the commit that queued them, else (the maintenance job) whatever is queued,
+        left by a crash or an unreachable token. Destroying is idempotent, so two processes at once do no harm; an
+        object that cannot be destroyed stays queued for the next run. Returns how many went."""
         if self.hsm_backend is None:
             return 0
         with self.storage.read() as tx:
-            queued = tx.meta_list(key.HSM_DESTROY_QUEUE, limit)
+            if entries is None:
+                queued = tx.meta_list(key.HSM_DESTROY_QUEUE, limit)
+            else:
+                queued = [(entry, kty) for entry in entries if (kty := tx.meta_get(entry)) is not None]
         destroyed = []
         for entry, kty in queued:
             reference = entry.removeprefix(key.HSM_DESTROY_QUEUE).encode("ascii")
@@ -500,6 +504,9 @@ class Coffer:
                 break
             except KeyOperationError:  # not a reference this token takes: no retry would do better
                 log.warning("dropped an HSM destroy entry that names no token object")
+            except Exception as error:  # this object only; it stays queued
+                log.warning("could not destroy an HSM object of a dropped key (%s); will retry", type(error).__name__)
+                continue
             destroyed.append(entry)
         if destroyed:
             with self.storage.write() as tx:

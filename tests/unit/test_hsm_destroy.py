@@ -19,6 +19,7 @@ from coffer.app import Coffer
 from coffer.barrier import VaultView
 from coffer.config import Config
 from coffer.crypto.keys import KeyBackendUnavailable, KeyMaterial
+from coffer.errors import BadParameter
 from coffer.objects import certificate, vault
 from coffer.objects import key as keys
 
@@ -195,3 +196,96 @@ def test_deleting_a_vault_takes_its_hsm_objects_out_of_the_token(coffer: Coffer)
     assert response.status_code == 204, response.text
     assert not any(_exists(coffer, m) for m in everything)
     assert _exists(coffer, other) and _queued(coffer) == []
+
+
+def _premium_vault(coffer: Coffer, name: str) -> None:
+    with coffer.storage.write() as tx:
+        dev = tx.vault_get("dev")
+        assert dev is not None
+        vault.create(tx, coffer.barrier, name, dev.tenant_id, {"sku": "premium"})
+
+
+def _signs(coffer: Coffer, material: KeyMaterial) -> bool:
+    assert coffer.hsm_backend is not None
+    try:
+        return bool(coffer.hsm_backend.sign(material, "ES256", DIGEST))
+    except Exception:
+        return False
+
+
+def test_a_restored_hsm_key_owns_copies_of_its_token_objects(coffer: Coffer) -> None:
+    """Backup in one vault, restore in another, then delete the first vault (or purge the original): the restored
+    key keeps working, because the restore copied the token objects instead of sharing them."""
+    _premium_vault(coffer, "source")
+    original = _hsm_key(coffer, "moving", "source")
+    blob = _write(coffer, lambda view: keys.backup(view, "moving"), "source")
+    _write(coffer, lambda view: keys.restore(view, coffer.key_backends, blob))  # into dev
+    [restored] = _materials(coffer, "moving")
+    assert restored.private != original.private and restored.public == original.public
+    assert _exists(coffer, restored) and _signs(coffer, restored)
+
+    async def delete_source() -> httpx.Response:
+        async with _server_client(coffer) as client:
+            return await client.delete("/admin/vaults/source")
+
+    assert asyncio.run(delete_source()).status_code == 204
+    assert not _exists(coffer, original)  # the source vault's objects went with it
+    assert _exists(coffer, restored) and _signs(coffer, restored)  # the copy did not
+
+    # the backup again, once its token objects are gone: refused, and nothing half-restored
+    _write(coffer, lambda view: keys.delete(view, "moving"))
+    _write(coffer, lambda view: keys.purge(view, coffer.key_backends, "moving"))
+    objects = _token_count(coffer)
+    with pytest.raises(BadParameter, match="holds no object for this key"):
+        _write(coffer, lambda view: keys.restore(view, coffer.key_backends, blob))
+    assert _materials(coffer, "moving") == [] and _token_count(coffer) == objects
+
+
+def test_a_restored_hsm_certificate_keeps_working_after_the_original_is_purged(coffer: Coffer) -> None:
+    policy = {
+        "issuer": {"name": "Self"},
+        "x509_props": {"subject": "CN=moving.example", "validity_months": 12},
+        "key_props": {"kty": "EC-HSM", "crv": "P-256", "reuse_key": False},
+    }
+    _premium_vault(coffer, "source")
+    _write(coffer, lambda view: certificate.create(view, coffer.key_backends, "cert", {"policy": policy},
+                                                   vault_url="https://source.localhost"), "source")
+    [original] = _materials(coffer, "cert", "source")
+    blob = _write(coffer, lambda view: certificate.backup(view, "cert"), "source")
+    _write(coffer, lambda view: certificate.restore(view, coffer.key_backends, blob))
+    [restored] = _materials(coffer, "cert")
+    assert restored.private != original.private
+    _write(coffer, lambda view: certificate.delete(view, "cert"), "source")
+    _write(coffer, lambda view: certificate.purge(view, coffer.key_backends, "cert"), "source")
+    assert not _exists(coffer, original) and _signs(coffer, restored)
+
+
+def _token_count(coffer: Coffer) -> int:
+    backend: Any = coffer.hsm_backend
+    with backend._session() as session:
+        return len(list(session.get_objects()))
+
+
+def test_an_object_that_fails_to_go_stays_queued_and_the_others_go(
+    coffer: Coffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = _hsm_key(coffer, "stuck"), _hsm_key(coffer, "free")
+    backend: Any = coffer.hsm_backend
+    real = backend.destroy
+
+    def fussy(material: KeyMaterial) -> None:
+        if material.private == first.private:
+            raise RuntimeError("CKR_ACTION_PROHIBITED")  # not one of the backend's own errors
+        real(material)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "destroy", fussy)
+        for name in ("stuck", "free"):
+            _write(coffer, lambda view, n=name: keys.delete(view, n))
+            _write(coffer, lambda view, n=name: keys.purge(view, coffer.key_backends, n))
+        assert _exists(coffer, first) and not _exists(coffer, second)
+        assert len(_queued(coffer)) == 1
+        # the maintenance run goes on with its other jobs
+        assert coffer.run_jobs_if_leader(int(time.time()), due=True) == []
+    assert coffer.destroy_queued_hsm_objects() == 1
+    assert not _exists(coffer, first) and _queued(coffer) == []

@@ -98,3 +98,8 @@ class KeyBackend(Protocol):
     def destroy(self, key: KeyMaterial) -> None:
         """Remove the key for good (HSM: delete the token object; software: nothing to do)."""
         ...
+
+    def duplicate(self, key: KeyMaterial) -> KeyMaterial:
+        """The key as an independent copy, for a restored backup (HSM: new token objects; software: the key itself,
+        whose material is the caller's)."""
+        ...

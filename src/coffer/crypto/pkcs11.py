@@ -599,14 +599,39 @@ class Pkcs11Backend:
         return self._software.verify(self._public_only(key), alg, digest, signature)
 
     def destroy(self, key: KeyMaterial) -> None:
-        """Delete the key's objects from the token (nothing to do if they are gone already)."""
+        """Delete the key's objects from the token (nothing to do if they are gone already, also when another
+        process destroys them at the same moment)."""
         key_id = self._key_id(key)
 
         def run(session: Any) -> None:
             for obj in list(session.get_objects({Attribute.ID: key_id})):
-                obj.destroy()
+                with suppress(p11e.ObjectHandleInvalid):  # destroyed meanwhile by another session
+                    obj.destroy()
 
         self._run(run)
+
+    def duplicate(self, key: KeyMaterial) -> KeyMaterial:
+        """The key's token objects copied under a new id, for a key restored from a backup: the restored key must not
+        share its objects with the original, or purging either would break the other. The copies keep the
+        originals' protection (private, sensitive, never extractable); nothing leaves the token."""
+        key_id, new_id = self._key_id(key), os.urandom(_ID_BYTES)
+
+        def run(session: Any) -> None:
+            originals = list(session.get_objects({Attribute.ID: key_id}))
+            if not originals:
+                raise Pkcs11KeyNotFound(f"The PKCS#11 token '{self.token_label}' holds no object for this key")
+            copies = []
+            try:
+                for obj in originals:
+                    copies.append(obj.copy({Attribute.ID: new_id, Attribute.LABEL: LABEL_PREFIX + new_id.hex()}))
+            except p11e.PKCS11Error as exc:
+                for copy in copies:
+                    with suppress(p11e.PKCS11Error):
+                        copy.destroy()
+                raise KeyOperationError(f"The HSM cannot copy this key ({_name(exc)})") from None
+
+        self._run(run)
+        return replace(key, private=REFERENCE_PREFIX + new_id.hex().encode("ascii"))
 
     # --- helpers ----------------------------------------------------------------------------
     @staticmethod

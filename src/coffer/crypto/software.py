@@ -441,6 +441,10 @@ class SoftwareBackend:
     def destroy(self, key: KeyMaterial) -> None:
         """Nothing to do: a software key lives only in the caller's (sealed) storage."""
 
+    def duplicate(self, key: KeyMaterial) -> KeyMaterial:
+        """The key itself: its material lives in the caller's storage, so a restored copy is independent already."""
+        return key
+
     @staticmethod
     def _rsa_public(key: KeyMaterial) -> rsa.RSAPublicKey:
         n, e = key.public.get("n"), key.public.get("e")

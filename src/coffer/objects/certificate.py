@@ -727,11 +727,15 @@ def _parse_backup(
     return name, latest, rows, dict(document.get("data") or {}), key_blob, secret_blob
 
 
-def restore(view: VaultView, blob: bytes) -> Certificate:
+def restore(view: VaultView, backends: keys.Backends, blob: bytes) -> Certificate:
+    """The backing key's HSM objects are copied (see keys.restore); an unmerged pending operation with an HSM key
+    is not restored, as its key would stay shared with the original's."""
     parsed = lifecycle.read_backup(view, KIND, blob, lambda document: _parse_backup(view, document))
     name, latest, rows, data, key_blob, secret_blob = parsed
     lifecycle.check_restorable(view, KIND, name, (keys.KIND, secrets.KIND))
-    keys.restore(view, key_blob)
+    if (data.get("pending") or {}).get("hsm"):
+        data = {k: v for k, v in data.items() if k != "pending"}
+    keys.restore(view, backends, key_blob)
     secrets.restore(view, secret_blob)
     return Certificate(*lifecycle.put_restored(view, KIND, name, latest, rows, data))
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import calendar
+import contextlib
+import functools
 import re
 import secrets
 from collections.abc import Callable
@@ -17,7 +19,14 @@ from typing import Any
 
 from coffer.barrier import VaultView
 from coffer.clock import now
-from coffer.crypto.keys import HSM_TYPES, SOFTWARE_TYPES, KeyBackend, KeyMaterial, KeyOperationError
+from coffer.crypto.keys import (
+    HSM_TYPES,
+    SOFTWARE_TYPES,
+    KeyBackend,
+    KeyBackendUnavailable,
+    KeyMaterial,
+    KeyOperationError,
+)
 from coffer.errors import BadParameter, Forbidden
 from coffer.objects import lifecycle, rules
 from coffer.storage import ObjectRow, Transaction, VersionRow
@@ -48,13 +57,15 @@ HSM_DESTROY_QUEUE = "hsm-destroy:"
 class Backends:
     software: KeyBackend
     hsm: KeyBackend | None = None
-    destroy_queued: Callable[[], object] | None = None  # Coffer.destroy_queued_hsm_objects
+    destroy_queued: Callable[[list[str]], object] | None = None  # Coffer.destroy_queued_hsm_objects
 
     def destroy_after_commit(self, tx: Transaction, material: KeyMaterial) -> None:
-        """Queue the HSM object of a key that `tx` drops, to be destroyed once `tx` has committed."""
-        tx.meta_put(HSM_DESTROY_QUEUE + material.private.decode("ascii"), material.kty.encode(), touch=False)
+        """Queue the HSM object of a key that `tx` drops, to be destroyed once `tx` has committed (this entry only:
+        what other transactions left is the maintenance job's)."""
+        entry = HSM_DESTROY_QUEUE + material.private.decode("ascii")
+        tx.meta_put(entry, material.kty.encode(), touch=False)
         if self.destroy_queued is not None:
-            tx.after_commit(self.destroy_queued)
+            tx.after_commit(functools.partial(self.destroy_queued, [entry]))
 
     def for_type(self, kty: str) -> KeyBackend:
         if kty in HSM_TYPES:
@@ -536,7 +547,25 @@ def _parse_backup(view: VaultView, document: dict[str, Any]) -> tuple[str, str, 
     return name, latest, rows, dict(document.get("data") or {})
 
 
-def restore(view: VaultView, blob: bytes) -> Key:
+def restore(view: VaultView, backends: Backends, blob: bytes) -> Key:
+    """An HSM key's versions get copies of their token objects: the restored key and the original (in this vault
+    after a purge, or in another vault) each own theirs, so purging or deleting one never breaks the other."""
     name, latest, rows, data = lifecycle.read_backup(view, KIND, blob, lambda document: _parse_backup(view, document))
     lifecycle.check_restorable(view, KIND, name)
-    return Key(*lifecycle.put_restored(view, KIND, name, latest, rows, data))
+    copies: list[tuple[KeyBackend, KeyMaterial]] = []
+    try:
+        for row in rows:
+            if row.extra.get("hsm"):
+                backend = backends.for_type(str(row.extra["kty"]))
+                try:
+                    copy = backend.duplicate(_material(view, row))
+                except (KeyBackendUnavailable, KeyOperationError) as exc:
+                    raise BadParameter(f"{exc} (HSM key backups restore only where the token holds the key)") from None
+                copies.append((backend, copy))
+                row.payload = view.seal(KIND, row.name, row.version, "key", copy.private)
+        return Key(*lifecycle.put_restored(view, KIND, name, latest, rows, data))
+    except BaseException:
+        for backend, copy in copies:  # made for nothing
+            with contextlib.suppress(KeyBackendUnavailable, KeyOperationError):
+                backend.destroy(copy)
+        raise

@@ -181,7 +181,7 @@ async def backup_certificate(req: ApiRequest) -> Result:
 
 
 async def restore_certificate(req: ApiRequest) -> Result:
-    return await _objects.restore(req, _KIND, certificate.restore)
+    return await _objects.restore(req, _KIND, lambda view, blob: certificate.restore(view, _backends(req), blob))
 
 
 async def get_pending(req: ApiRequest) -> Result:

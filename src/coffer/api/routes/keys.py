@@ -163,7 +163,7 @@ async def backup_key(req: ApiRequest) -> Result:
 
 
 async def restore_key(req: ApiRequest) -> Result:
-    return await _objects.restore(req, _KIND, key.restore)
+    return await _objects.restore(req, _KIND, lambda view, blob: key.restore(view, _backends(req), blob))
 
 
 def _optional_b64(body: dict[str, Any], field: str) -> bytes | None:
