@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -91,13 +92,15 @@ class ReplayCache:
 
 # A certificate assertion's first use is recorded in storage (`meta`, under this prefix), where every process and
 # node sees it; the process's ReplayCache answers repeats it has seen itself without a storage write. The entry names
-# the time from which it may be forgotten (the assertion's exp + 60 s, after which it is refused as expired anyway)
-# first, so that `forget_used_assertions` finds the oldest first, then a hash of the client id and jti.
+# the time from which it may be forgotten first, so that `forget_used_assertions` finds the oldest first, then a hash
+# of the client id and jti. That time is the assertion's exp plus a margin for the leeway of the exp check and for
+# clocks of other nodes that run behind the leader's: until then an expired assertion could still be accepted.
 USED_ASSERTION = "used-assertion:"
+_FORGET_AFTER_EXP_SECONDS = 600
 
 
 def _first_use_everywhere(storage: Storage, key: str, forget_at: float) -> bool:
-    entry = f"{USED_ASSERTION}{int(forget_at):012d}:{hashlib.sha256(key.encode()).hexdigest()}"
+    entry = f"{USED_ASSERTION}{math.ceil(forget_at):012d}:{hashlib.sha256(key.encode()).hexdigest()}"
     with storage.write() as tx:  # writes are serialized: of two processes, the second finds the first's entry
         if tx.meta_get(entry) is not None:
             return False
@@ -207,7 +210,7 @@ class AssertionVerifier:
             raise _fail("The client assertion is valid for too long (at most 24 h).", EXPIRED, "exp too far")
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             raise _fail("The client assertion must have a jti claim.", BAD_SIGNATURE, "no jti")
-        key, forget_at = f"{client_id} {jti}", float(exp) + 60
+        key, forget_at = f"{client_id} {jti}", float(exp) + _FORGET_AFTER_EXP_SECONDS
         if not self.replay.first_use(key, forget_at) or not _first_use_everywhere(storage, key, forget_at):
             raise _fail("The client assertion has already been used (replayed jti).", BAD_SIGNATURE, "replayed jti")
 
