@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import anyio
+import asyncio
+import concurrent.futures
+
 import anyio.to_thread
 import orjson
 
@@ -27,14 +29,20 @@ async def health(req: ApiRequest) -> Result:
     return Result(status=200 if state == "ok" else 503, body=body)
 
 
+# The probe's own thread: requests' storage reads queue for the shared worker threads under load, and a health check
+# waiting behind them would call a busy node's storage unavailable. One probe at a time: while one waits for a
+# database that does not answer, the next checks time out instead of piling up threads.
+_PROBE = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="coffer-health")
+
+
 async def _storage_answers(storage: Storage) -> bool:
     def probe() -> None:
         with storage.read() as tx:
             tx.meta_get("seal-config")
 
-    try:
-        with anyio.fail_after(HEALTH_STORAGE_SECONDS):  # in a thread: the event loop serves others meanwhile
-            await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
+    loop = asyncio.get_running_loop()
+    try:  # in a thread: the event loop serves others meanwhile
+        await asyncio.wait_for(loop.run_in_executor(_PROBE, probe), HEALTH_STORAGE_SECONDS)
     except (TimeoutError, StorageError):
         return False
     return True
