@@ -72,7 +72,7 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = _open(path)
         self._io = threading.Lock()  # a write and its fsync go to one file, whatever `reopen` does meanwhile
         self._cond = threading.Condition()
         self._pending: list[_Entry] = []
@@ -148,7 +148,7 @@ class AuditLog:
         """Continue in a new file at `path` (after log rotation moved the old one away; SIGHUP): records made
         durable so far stay in the old file, the next ones go to the new. If the new file cannot be opened, the
         old one stays in use and OSError is raised."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = _open(self.path)
         with self._io:
             if self._fd < 0:  # closed meanwhile
                 os.close(fd)
@@ -169,6 +169,22 @@ class AuditLog:
                 if self._fd >= 0:
                     os.close(self._fd)
                     self._fd = -1
+
+
+def _open(path: Path) -> int:
+    """The log for appending, created if need be; a new file's name is made durable too (its directory fsynced), or
+    a crash could take records that were acknowledged as durable away with it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _resolve(entries: list[_Entry]) -> None:

@@ -118,6 +118,20 @@ async def _maintenance_loop(coffer: Coffer) -> None:
             log.warning("maintenance job failed (%s); will retry", type(error).__name__)
 
 
+_reopen_requested = False  # a SIGHUP arrived before `run` could act on it
+
+
+def hold_sighup() -> None:
+    """Until `run` reopens the audit log on SIGHUP: remember the signal (its default action would end the process)
+    and act on it as soon as `run` starts, as the audit log may have been opened before the rotation."""
+
+    def remember(_signum: int, _frame: object) -> None:
+        global _reopen_requested
+        _reopen_requested = True
+
+    signal.signal(signal.SIGHUP, remember)
+
+
 def _reopen_audit_log(coffer: Coffer) -> None:
     """SIGHUP: continue the audit log in a new file at its path (log rotation has moved the old one away)."""
     try:
@@ -168,7 +182,7 @@ def _dev_hsm_line(coffer: Coffer, dev_token: bool) -> str:
 
 def serve(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until `run` reopens the audit log on it (its default: exit)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # ignored (also across the supervisor's exec) until handled
     configured = config.hsm_configured
     config = devhsm.prepare(config)  # dev without COFFER_PKCS11_*: the SoftHSM2 token in DATA/softhsm, if installed
     dev_token = config.hsm_configured and not configured
@@ -183,6 +197,7 @@ def serve(config: Config) -> None:
         for _ in range(config.workers - 1):
             socket_sets.append([_listen(s.getsockname()[0], config.port, reuse_port=True) for s in sockets])
         workers.exec_supervisor(config, socket_sets, dev_token)
+    hold_sighup()
     coffer = Coffer(config)
     files, lines = start(coffer, dev_token)
     run(coffer, sockets, files, announce=lambda: print("\n".join(lines), flush=True))
@@ -263,6 +278,8 @@ def run(coffer: Coffer, sockets: list[socket.socket], files: tls.TlsFiles, annou
 
     async def main() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reopen_audit_log, coffer)
+        if _reopen_requested:  # one came while the process started
+            _reopen_audit_log(coffer)
         maintenance = asyncio.create_task(_maintenance_loop(coffer))
         announced = asyncio.create_task(_announce(server, announce))
         try:

@@ -52,6 +52,7 @@ class _Worker:
         self.channel.sendall(pickle.dumps(config))
         self.channel.sendall(_SEALED if root is None else _UNSEALED + root)
         self.ready = False
+        self.reopen_pending = False  # a SIGHUP to pass on once it is ready
 
 
 def exec_supervisor(config: Config, socket_sets: list[list[socket.socket]], dev_token: bool) -> NoReturn:
@@ -136,15 +137,20 @@ def supervise(config: Config, socket_sets: list[list[socket.socket]], dev_token:
     def stop(_signum: int, _frame: object) -> None:
         stopping.set()
 
-    def reopen_audit_logs(_signum: int, _frame: object) -> None:  # each worker writes its own records
+    def reopen_audit_logs(_signum: int, _frame: object) -> None:
+        """Each worker writes its own records: pass SIGHUP on, to a starting worker once it says it is ready (its
+        handler is in place then; before, the signal's default action would end it)."""
         for worker in workers:
-            if worker.proc.poll() is None:
+            worker.reopen_pending = True
+            if worker.ready and worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGHUP)
+                worker.reopen_pending = False
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reopen_audit_logs)
-    workers = [spawn(i) for i in range(config.workers)]
+    for i in range(config.workers):
+        workers.append(spawn(i))
     announced = False
     while not stopping.is_set():
         for event, _mask in selector.select(timeout=0.2):
@@ -159,6 +165,9 @@ def supervise(config: Config, socket_sets: list[list[socket.socket]], dev_token:
             kind, payload = message[:1], message[1:]
             if kind == _READY:
                 worker.ready = True
+                if worker.reopen_pending and worker.proc.poll() is None:  # a SIGHUP came while it started
+                    worker.proc.send_signal(signal.SIGHUP)
+                    worker.reopen_pending = False
                 if announced:  # a restarted worker: say that the restart is over
                     log.info("worker %d (pid %d) is serving again", worker.index, worker.proc.pid)
             elif kind == _UNSEALED:
@@ -211,10 +220,10 @@ def _close(selector: selectors.BaseSelector, worker: _Worker) -> None:
 def _worker_main(channel_fd: int, socket_fds: list[int]) -> None:
     """A worker: a whole Coffer serving the inherited sockets, in touch with the supervisor."""
     from coffer.app import Coffer
-    from coffer.cli.server import run
+    from coffer.cli.server import hold_sighup, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until `run` reopens the audit log on it
+    hold_sighup()
     channel = socket.socket(fileno=channel_fd)
     config: Config = pickle.loads(channel.recv(1 << 20))  # noqa: S301 - from the supervisor, our own parent
     state = channel.recv(4096)
