@@ -18,7 +18,7 @@ from tests.support.softhsm import missing_reason, shared_token
 from coffer.app import Coffer
 from coffer.barrier import VaultView
 from coffer.config import Config
-from coffer.crypto.keys import KeyBackendUnavailable, KeyMaterial
+from coffer.crypto.keys import KeyBackendUnavailable, KeyMaterial, KeyOperationError
 from coffer.errors import BadParameter
 from coffer.objects import certificate, vault
 from coffer.objects import key as keys
@@ -289,3 +289,52 @@ def test_an_object_that_fails_to_go_stays_queued_and_the_others_go(
         assert coffer.run_jobs_if_leader(int(time.time()), due=True) == []
     assert coffer.destroy_queued_hsm_objects() == 1
     assert not _exists(coffer, first) and _queued(coffer) == []
+
+
+def test_a_purge_destroys_all_its_versions_after_one_commit_in_one_go(
+    coffer: Coffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hsm_key(coffer, "versions")
+    for _ in range(2):
+        _write(coffer, lambda view: keys.rotate(view, coffer.key_backends, "versions"))
+    materials = _materials(coffer, "versions")
+    calls: list[list[str]] = []
+    real = coffer.destroy_queued_hsm_objects
+
+    def counted(entries: list[str] | None = None, limit: int = 500) -> int:
+        calls.append(list(entries or []))
+        return real(entries, limit)
+
+    monkeypatch.setattr(coffer.key_backends, "destroy_queued", counted)
+    _write(coffer, lambda view: keys.delete(view, "versions"))
+    _write(coffer, lambda view: keys.purge(view, coffer.key_backends, "versions"))
+    assert len(calls) == 1 and len(calls[0]) == 3  # one callback for the transaction's three objects
+    assert not any(_exists(coffer, m) for m in materials) and _queued(coffer) == []
+
+
+def test_a_token_that_does_not_copy_keys_refuses_the_restore_and_keeps_nothing(
+    coffer: Coffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SoftHSM2 copies every key; a token that refuses (CKA_COPYABLE false, no C_CopyObject) refuses at the second
+    version here: the copy of the first is removed again, nothing is restored, the original keeps working."""
+    _hsm_key(coffer, "fixed")
+    _write(coffer, lambda view: keys.rotate(view, coffer.key_backends, "fixed"))
+    originals = _materials(coffer, "fixed")
+    blob = _write(coffer, lambda view: keys.backup(view, "fixed"))
+    _premium_vault(coffer, "elsewhere")
+    backend: Any = coffer.hsm_backend
+    real, calls = backend.duplicate, []
+
+    def refuses_the_second(material: KeyMaterial) -> KeyMaterial:
+        calls.append(material)
+        if len(calls) == 2:
+            raise KeyOperationError("The PKCS#11 token 'x' does not allow copying this key (ActionProhibited)")
+        return real(material)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(backend, "duplicate", refuses_the_second)
+    objects = _token_count(coffer)
+    with pytest.raises(BadParameter, match="does not allow copying this key"):
+        _write(coffer, lambda view: keys.restore(view, coffer.key_backends, blob), "elsewhere")
+    assert len(calls) == 2 and _token_count(coffer) == objects  # the first copy went again
+    assert _materials(coffer, "fixed", "elsewhere") == []
+    assert all(_signs(coffer, m) for m in originals)

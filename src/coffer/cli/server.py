@@ -22,6 +22,7 @@ import uvloop
 from coffer import devhsm
 from coffer.api.protocol import guarded_protocol
 from coffer.app import Coffer
+from coffer.cli import sighup
 from coffer.config import Config
 from coffer.crypto import tls
 
@@ -118,20 +119,6 @@ async def _maintenance_loop(coffer: Coffer) -> None:
             log.warning("maintenance job failed (%s); will retry", type(error).__name__)
 
 
-_reopen_requested = False  # a SIGHUP arrived before `run` could act on it
-
-
-def hold_sighup() -> None:
-    """Until `run` reopens the audit log on SIGHUP: remember the signal (its default action would end the process)
-    and act on it as soon as `run` starts, as the audit log may have been opened before the rotation."""
-
-    def remember(_signum: int, _frame: object) -> None:
-        global _reopen_requested
-        _reopen_requested = True
-
-    signal.signal(signal.SIGHUP, remember)
-
-
 def _reopen_audit_log(coffer: Coffer) -> None:
     """SIGHUP: continue the audit log in a new file at its path (log rotation has moved the old one away)."""
     try:
@@ -197,7 +184,7 @@ def serve(config: Config) -> None:
         for _ in range(config.workers - 1):
             socket_sets.append([_listen(s.getsockname()[0], config.port, reuse_port=True) for s in sockets])
         workers.exec_supervisor(config, socket_sets, dev_token)
-    hold_sighup()
+    sighup.hold()
     coffer = Coffer(config)
     files, lines = start(coffer, dev_token)
     run(coffer, sockets, files, announce=lambda: print("\n".join(lines), flush=True))
@@ -278,7 +265,7 @@ def run(coffer: Coffer, sockets: list[socket.socket], files: tls.TlsFiles, annou
 
     async def main() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reopen_audit_log, coffer)
-        if _reopen_requested:  # one came while the process started
+        if sighup.requested():  # one came while the process started
             _reopen_audit_log(coffer)
         maintenance = asyncio.create_task(_maintenance_loop(coffer))
         announced = asyncio.create_task(_announce(server, announce))

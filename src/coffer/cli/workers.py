@@ -31,6 +31,7 @@ import threading
 import time
 from typing import NoReturn
 
+from coffer.cli import sighup
 from coffer.config import Config
 
 log = logging.getLogger("coffer.workers")
@@ -220,10 +221,9 @@ def _close(selector: selectors.BaseSelector, worker: _Worker) -> None:
 def _worker_main(channel_fd: int, socket_fds: list[int]) -> None:
     """A worker: a whole Coffer serving the inherited sockets, in touch with the supervisor."""
     from coffer.app import Coffer
-    from coffer.cli.server import hold_sighup, run
+    from coffer.cli.server import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    hold_sighup()
     channel = socket.socket(fileno=channel_fd)
     config: Config = pickle.loads(channel.recv(1 << 20))  # noqa: S301 - from the supervisor, our own parent
     state = channel.recv(4096)
@@ -266,6 +266,8 @@ def _worker_main(channel_fd: int, socket_fds: list[int]) -> None:
 
 if __name__ == "__main__":
     _role, _fds = sys.argv[1], [int(fd) for fd in sys.argv[2:]]
+    if _role == "worker":
+        sighup.hold()  # before the heavy imports of _worker_main: a SIGHUP then would have ended the worker
     if _role == "supervise":
         _supervisor_main(_fds[0], _fds[1:])
     elif _role == "setup":

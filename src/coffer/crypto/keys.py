@@ -39,6 +39,10 @@ class KeyBackendUnavailable(RuntimeError):
     """The backend (e.g. the HSM token) cannot be reached."""
 
 
+class KeyMissing(KeyBackendUnavailable):
+    """The backend is reachable but holds no object for the key (an HSM token: deleted, or another token)."""
+
+
 @dataclass
 class KeyMaterial:
     kty: str  # "RSA", "EC", "oct", "RSA-HSM", "EC-HSM", "oct-HSM"
@@ -101,5 +105,6 @@ class KeyBackend(Protocol):
 
     def duplicate(self, key: KeyMaterial) -> KeyMaterial:
         """The key as an independent copy, for a restored backup (HSM: new token objects; software: the key itself,
-        whose material is the caller's)."""
+        whose material is the caller's). KeyMissing if the backend does not hold the key; KeyOperationError if it
+        will not copy it."""
         ...

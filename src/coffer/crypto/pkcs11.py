@@ -54,6 +54,7 @@ from coffer.crypto.keys import (
     EncryptResult,
     KeyBackendUnavailable,
     KeyMaterial,
+    KeyMissing,
     KeyOperationError,
 )
 from coffer.crypto.software import SoftwareBackend
@@ -117,7 +118,7 @@ _PROTECTED = {
 }
 
 
-class Pkcs11KeyNotFound(KeyBackendUnavailable):
+class Pkcs11KeyNotFound(KeyMissing):
     """The token is reachable but holds no object for the key (deleted from the token, or another token)."""
 
 
@@ -617,6 +618,8 @@ class Pkcs11Backend:
         key_id, new_id = self._key_id(key), os.urandom(_ID_BYTES)
 
         def run(session: Any) -> None:
+            for leftover in list(session.get_objects({Attribute.ID: new_id})):  # of a try cut short by a lost session
+                leftover.destroy()
             originals = list(session.get_objects({Attribute.ID: key_id}))
             if not originals:
                 raise Pkcs11KeyNotFound(f"The PKCS#11 token '{self.token_label}' holds no object for this key")
@@ -624,11 +627,16 @@ class Pkcs11Backend:
             try:
                 for obj in originals:
                     copies.append(obj.copy({Attribute.ID: new_id, Attribute.LABEL: LABEL_PREFIX + new_id.hex()}))
-            except p11e.PKCS11Error as exc:
+            except _UNAVAILABLE:  # the session is lost: `_run` tries again on a new one (which removes these copies)
+                raise
+            except p11e.PKCS11Error as exc:  # CKA_COPYABLE false, C_CopyObject not supported, a policy
                 for copy in copies:
                     with suppress(p11e.PKCS11Error):
                         copy.destroy()
-                raise KeyOperationError(f"The HSM cannot copy this key ({_name(exc)})") from None
+                raise KeyOperationError(
+                    f"The PKCS#11 token '{self.token_label}' does not allow copying this key ({_name(exc)}), so HSM "
+                    "key backups cannot be restored on it"
+                ) from None
 
         self._run(run)
         return replace(key, private=REFERENCE_PREFIX + new_id.hex().encode("ascii"))

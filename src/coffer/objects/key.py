@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import calendar
-import contextlib
+import dataclasses
 import functools
+import logging
 import re
 import secrets
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,13 +25,15 @@ from coffer.crypto.keys import (
     HSM_TYPES,
     SOFTWARE_TYPES,
     KeyBackend,
-    KeyBackendUnavailable,
     KeyMaterial,
+    KeyMissing,
     KeyOperationError,
 )
 from coffer.errors import BadParameter, Forbidden
 from coffer.objects import lifecycle, rules
 from coffer.storage import ObjectRow, Transaction, VersionRow
+
+log = logging.getLogger("coffer.keys")
 
 KIND = "key"
 KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey", "import", "export")
@@ -58,14 +62,24 @@ class Backends:
     software: KeyBackend
     hsm: KeyBackend | None = None
     destroy_queued: Callable[[list[str]], object] | None = None  # Coffer.destroy_queued_hsm_objects
+    # per open transaction: the entries it queued and the one callback that destroys them after its commit
+    _queued_by: weakref.WeakKeyDictionary[Transaction, tuple[list[str], Callable[[], object]]] = dataclasses.field(
+        default_factory=weakref.WeakKeyDictionary, repr=False, compare=False
+    )
 
     def destroy_after_commit(self, tx: Transaction, material: KeyMaterial) -> None:
-        """Queue the HSM object of a key that `tx` drops, to be destroyed once `tx` has committed (this entry only:
-        what other transactions left is the maintenance job's)."""
+        """Queue the HSM object of a key that `tx` drops, to be destroyed once `tx` has committed: by one callback for
+        all that `tx` queued (what other transactions left is the maintenance job's). Entries undone with a
+        savepoint are gone from the queue by then, and skipped."""
         entry = HSM_DESTROY_QUEUE + material.private.decode("ascii")
         tx.meta_put(entry, material.kty.encode(), touch=False)
-        if self.destroy_queued is not None:
-            tx.after_commit(functools.partial(self.destroy_queued, [entry]))
+        if self.destroy_queued is None:
+            return
+        if (queued := self._queued_by.get(tx)) is None:
+            entries: list[str] = []
+            queued = self._queued_by[tx] = (entries, functools.partial(self.destroy_queued, entries))
+        queued[0].append(entry)
+        tx.after_commit(queued[1])  # again if a savepoint undid its registration
 
     def for_type(self, kty: str) -> KeyBackend:
         if kty in HSM_TYPES:
@@ -559,13 +573,17 @@ def restore(view: VaultView, backends: Backends, blob: bytes) -> Key:
                 backend = backends.for_type(str(row.extra["kty"]))
                 try:
                     copy = backend.duplicate(_material(view, row))
-                except (KeyBackendUnavailable, KeyOperationError) as exc:
+                except KeyMissing as exc:
                     raise BadParameter(f"{exc} (HSM key backups restore only where the token holds the key)") from None
+                except KeyOperationError as exc:
+                    raise BadParameter(str(exc)) from None
                 copies.append((backend, copy))
                 row.payload = view.seal(KIND, row.name, row.version, "key", copy.private)
         return Key(*lifecycle.put_restored(view, KIND, name, latest, rows, data))
     except BaseException:
         for backend, copy in copies:  # made for nothing
-            with contextlib.suppress(KeyBackendUnavailable, KeyOperationError):
+            try:
                 backend.destroy(copy)
+            except Exception as error:
+                log.warning("could not remove the copy of an HSM key of a failed restore (%s)", type(error).__name__)
         raise
