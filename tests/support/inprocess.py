@@ -10,6 +10,15 @@ from coffer.app import Coffer
 
 
 def vault_client(coffer: Coffer, vault: str = "dev") -> httpx.AsyncClient:
+    return _client(coffer, coffer.vault_url(vault), coffer.resource, {"api-version": "7.5"})
+
+
+def server_client(coffer: Coffer) -> httpx.AsyncClient:
+    """The same principal on the server host (admin API), with a token for it."""
+    return _client(coffer, coffer.authority, coffer.authority, {})
+
+
+def _client(coffer: Coffer, base_url: str, audience: str, params: dict[str, str]) -> httpx.AsyncClient:
     dev = coffer.start_dev()
     with coffer.storage.read() as tx:
         principal = tx.principal_by_client_id(dev.tenant_id, dev.client_id)
@@ -19,13 +28,13 @@ def vault_client(coffer: Coffer, vault: str = "dev") -> httpx.AsyncClient:
         tenant_id=dev.tenant_id,
         client_id=dev.client_id,
         kind="application",
-        audience=coffer.resource,
+        audience=audience,
     )
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=coffer.api, client=("127.0.0.1", 50000)),
-        base_url=coffer.vault_url(vault),
+        base_url=base_url,
         headers={"authorization": f"Bearer {token}"},
-        params={"api-version": "7.5"},
+        params=params,
     )
 
 

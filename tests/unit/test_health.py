@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,16 +15,12 @@ import pytest
 
 from coffer.api.routes import system
 from coffer.app import Coffer
-from coffer.config import Config
 from coffer.storage import StorageError
 
 
 @pytest.fixture()
-def coffer(tmp_path: Path) -> Iterator[Coffer]:
-    app = Coffer(Config(data_dir=tmp_path / "data", dev=True))
-    app.start_dev()
-    yield app
-    app.close()
+def coffer(in_process: Coffer) -> Coffer:
+    return in_process
 
 
 async def _health(coffer: Coffer) -> httpx.Response:

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from tests.support.softhsm import missing_reason, shared_token
+from tests.support.softhsm import missing_reason
 
 from coffer.app import Coffer
 from coffer.barrier import VaultView
-from coffer.config import Config
 from coffer.crypto.keys import KeyMaterial
 from coffer.errors import BadParameter
 from coffer.objects import certificate, vault
@@ -34,19 +31,8 @@ SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
 
 @pytest.fixture()
-def coffer(tmp_path: Path) -> Iterator[Coffer]:
-    token = shared_token()
-    config = Config(
-        data_dir=tmp_path / "data",
-        dev=True,
-        pkcs11_module=Path(token.module),
-        pkcs11_token=token.label,
-        pkcs11_pin=token.pin,
-    )
-    app = Coffer(config)
-    app.start_dev()
-    yield app
-    app.close()
+def coffer(hsm_in_process: Coffer) -> Coffer:
+    return hsm_in_process
 
 
 def _write(coffer: Coffer, run: Any, vault_name: str = "dev") -> Any:

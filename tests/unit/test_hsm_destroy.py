@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.support.softhsm import missing_reason, shared_token
+from tests.support.inprocess import server_client
+from tests.support.softhsm import missing_reason
 
 from coffer.app import Coffer
 from coffer.barrier import VaultView
-from coffer.config import Config
 from coffer.crypto.keys import KeyBackendUnavailable, KeyMaterial, KeyOperationError
 from coffer.errors import BadParameter
 from coffer.objects import certificate, vault
@@ -33,19 +31,8 @@ class Boom(Exception):
 
 
 @pytest.fixture()
-def coffer(tmp_path: Path) -> Iterator[Coffer]:
-    token = shared_token()
-    config = Config(
-        data_dir=tmp_path / "data",
-        dev=True,
-        pkcs11_module=Path(token.module),
-        pkcs11_token=token.label,
-        pkcs11_pin=token.pin,
-    )
-    app = Coffer(config)
-    app.start_dev()
-    yield app
-    app.close()
+def coffer(hsm_in_process: Coffer) -> Coffer:
+    return hsm_in_process
 
 
 def _write(coffer: Coffer, run: Any, vault_name: str = "dev") -> Any:
@@ -132,25 +119,6 @@ def test_a_queue_entry_naming_no_token_object_is_dropped(coffer: Coffer) -> None
     assert _queued(coffer) == []
 
 
-def _server_client(coffer: Coffer) -> httpx.AsyncClient:
-    dev = coffer.start_dev()
-    with coffer.storage.read() as tx:
-        principal = tx.principal_by_client_id(dev.tenant_id, dev.client_id)
-    assert principal is not None
-    token, _ = coffer.tokens.issue(
-        object_id=principal.object_id,
-        tenant_id=dev.tenant_id,
-        client_id=dev.client_id,
-        kind="application",
-        audience=coffer.authority,
-    )
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=coffer.api, client=("127.0.0.1", 50000)),
-        base_url=coffer.authority,
-        headers={"authorization": f"Bearer {token}"},
-    )
-
-
 def test_deleting_a_vault_takes_its_hsm_objects_out_of_the_token(coffer: Coffer) -> None:
     with coffer.storage.write() as tx:
         dev = tx.vault_get("dev")
@@ -189,7 +157,7 @@ def test_deleting_a_vault_takes_its_hsm_objects_out_of_the_token(coffer: Coffer)
     other = _hsm_key(coffer, "elsewhere")  # in another vault: stays
 
     async def delete() -> httpx.Response:
-        async with _server_client(coffer) as client:
+        async with server_client(coffer) as client:
             return await client.delete("/admin/vaults/doomed")
 
     response = asyncio.run(delete())
@@ -225,7 +193,7 @@ def test_a_restored_hsm_key_owns_copies_of_its_token_objects(coffer: Coffer) -> 
     assert _exists(coffer, restored) and _signs(coffer, restored)
 
     async def delete_source() -> httpx.Response:
-        async with _server_client(coffer) as client:
+        async with server_client(coffer) as client:
             return await client.delete("/admin/vaults/source")
 
     assert asyncio.run(delete_source()).status_code == 204
