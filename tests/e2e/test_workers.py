@@ -171,13 +171,14 @@ def production(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str
             raise
 
 
-def _all_healthy(address: str, ca: str, want: int, tries: int = 12, seen: list[int] | None = None) -> bool:
-    """`tries` fresh /healthz all answer `want`; `seen` collects the statuses (stops at the first other)."""
+def _all_healthy(address: str, ca: str, want: int, tries: int = 12, seen: list[str] | None = None) -> bool:
+    """`tries` fresh /healthz all answer `want`; `seen` collects the answers, code and body status (stops at the
+    first other)."""
     for _ in range(tries):
-        status = _fresh_get(f"{address}/healthz", ca).status_code
+        response = _fresh_get(f"{address}/healthz", ca)
         if seen is not None:
-            seen.append(status)
-        if status != want:
+            seen.append(f"{response.status_code} {response.json().get('status')}")
+        if response.status_code != want:
             return False
     return True
 
@@ -221,7 +222,7 @@ def test_unseal_shares_reach_every_worker_and_a_dead_worker_comes_back_unsealed(
     deadline = time.monotonic() + 30
     while True:
         children = _children(proc.pid)
-        seen: list[int] = []
+        seen: list[str] = []
         if len(children) == WORKERS and victim not in children and _all_healthy(address, ca, 200, seen=seen):
             break
         assert time.monotonic() < deadline, (
