@@ -183,16 +183,23 @@ def _all_healthy(address: str, ca: str, want: int, tries: int = 12, seen: list[s
     return True
 
 
+def _wait_all_healthy(address: str, ca: str, want: int, failure: str, output: list[str]) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        seen: list[str] = []
+        if _all_healthy(address, ca, want, tries=6, seen=seen):
+            return
+        assert time.monotonic() < deadline, f"{failure}; last /healthz answers {seen}\n" + "".join(output)
+        time.sleep(0.1)
+
+
 def test_unseal_shares_reach_every_worker_and_a_dead_worker_comes_back_unsealed(
     production: tuple[subprocess.Popen[str], str, str, list[str]],
 ) -> None:
     proc, address, ca, output = production
     init = _fresh_post(f"{address}/v1/sys/init", ca, {"shares": 3, "threshold": 2}).json()
     # initialising unsealed the worker that answered; the others follow through the supervisor
-    deadline = time.monotonic() + 5
-    while not _all_healthy(address, ca, 200, tries=6):
-        assert time.monotonic() < deadline, "a worker stayed sealed after init"
-        time.sleep(0.1)
+    _wait_all_healthy(address, ca, 200, "a worker stayed sealed after init", output)
 
     # sealing through one worker seals all
     with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=30) as client:
@@ -203,18 +210,12 @@ def test_unseal_shares_reach_every_worker_and_a_dead_worker_comes_back_unsealed(
         ).json()
         sealed = client.post(f"{address}/v1/sys/seal", headers={"Authorization": f"Bearer {issued['access_token']}"})
         assert sealed.status_code == 204, sealed.text
-    deadline = time.monotonic() + 5
-    while not _all_healthy(address, ca, 503, tries=6):
-        assert time.monotonic() < deadline, "a worker stayed unsealed after seal"
-        time.sleep(0.1)
+    _wait_all_healthy(address, ca, 503, "a worker stayed unsealed after seal", output)
 
     # each share on a new connection (any worker): the threshold is reached across workers
     for share in init["shares"][:2]:
         _fresh_post(f"{address}/v1/sys/unseal", ca, {"key": share})
-    deadline = time.monotonic() + 5
-    while not _all_healthy(address, ca, 200, tries=6):
-        assert time.monotonic() < deadline, "shares given to different workers did not unseal them all"
-        time.sleep(0.1)
+    _wait_all_healthy(address, ca, 200, "shares given to different workers did not unseal them all", output)
 
     # a worker killed is replaced and unsealed by the supervisor
     victim = _children(proc.pid)[0]
